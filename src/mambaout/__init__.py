@@ -1,0 +1,10 @@
+"""MambaOut (CVPR 2025): Gated CNN vision backbones, without the SSM."""
+from .errors import CheckpointError, MambaOutError, UnknownModelError
+from .models import (VARIANTS, GatedCNNBlock, MambaOut, create_model, get_variant, list_models,
+                     load_checkpoint, pretrained_cfg)
+from .complexity import count_macs, count_params
+
+__version__ = "0.1.0"
+__all__ = ["create_model", "list_models", "load_checkpoint", "pretrained_cfg", "get_variant",
+           "count_params", "count_macs", "MambaOut", "GatedCNNBlock", "VARIANTS",
+           "MambaOutError", "CheckpointError", "UnknownModelError"]

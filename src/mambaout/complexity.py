@@ -1,0 +1,134 @@
+"""Parameter and MAC counting with the paper's convention.
+
+The paper counts MACs the way fvcore's FlopCountAnalysis does: one MAC per
+multiply-add in convolutions and matrix products (biases not counted), plus
+normalisation layers (LayerNorm: 5 per element with affine, 4 without); cheap
+elementwise ops (activations, gating products, residual adds, pooling means) are
+not counted. We count at the ATen level with a dispatch mode, so no tracing and
+no fvcore dependency, and we run on the meta device: no memory, no compute.
+"""
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+from math import prod
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+
+def _shape(t):
+    return tuple(t.shape)
+
+
+def _mm(args, out):                       # (M, K) @ (K, N)
+    return prod(_shape(args[0])) * _shape(args[1])[-1]
+
+
+def _addmm(args, out):                    # bias + (M, K) @ (K, N)
+    return prod(_shape(args[1])) * _shape(args[2])[-1]
+
+
+def _bmm(args, out):                      # (B, M, K) @ (B, K, N)
+    return prod(_shape(args[0])) * _shape(args[1])[-1]
+
+
+def _conv(args, out):
+    weight, transposed = args[1], args[6]
+    w = _shape(weight)
+    if transposed:                        # every input element meets Cout/g * k*k weights
+        return prod(_shape(args[0])) * w[1] * prod(w[2:])
+    return prod(_shape(out)) * prod(w[1:])  # N*Cout*Hout*Wout * Cin/g*kh*kw
+
+
+def _layer_norm(args, out):               # native_layer_norm(input, shape, weight, bias, eps)
+    return prod(_shape(args[0])) * (5 if args[2] is not None else 4)
+
+
+def _group_norm(args, out):               # native_group_norm(input, weight, bias, ...)
+    return prod(_shape(args[0])) * (5 if args[1] is not None else 4)
+
+
+def _batch_norm(args, out):               # eval-mode batch norm folds to a scale and shift
+    return prod(_shape(args[0])) * (2 if args[1] is not None else 1)
+
+
+def _sdpa(args, out):                     # q @ k^T and attn @ v
+    q, k, v = (_shape(a) for a in args[:3])
+    return prod(q[:-1]) * k[-2] * q[-1] + prod(q[:-1]) * k[-2] * v[-1]
+
+
+HANDLERS: Dict[object, Callable] = {
+    aten.mm: _mm, aten.addmm: _addmm, aten.bmm: _bmm, aten.baddbmm: lambda a, o: _bmm(a[1:], o),
+    aten.convolution: _conv, aten._convolution: _conv,
+    aten.native_layer_norm: _layer_norm, aten.native_group_norm: _group_norm,
+    aten._native_batch_norm_legit_no_training: _batch_norm,
+    aten._scaled_dot_product_flash_attention_for_cpu: _sdpa,
+    aten._scaled_dot_product_efficient_attention: _sdpa,
+    aten._scaled_dot_product_flash_attention: _sdpa,
+    aten._scaled_dot_product_cudnn_attention: _sdpa,
+}
+
+
+class MacCounter(TorchDispatchMode):
+    """Counts MACs of every op dispatched inside it, in total and per module-free op name."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+        self.by_op: Dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        handler = HANDLERS.get(func.overloadpacket)
+        if handler is not None:
+            macs = int(handler(args, out if isinstance(out, torch.Tensor) else out[0]))
+            self.total += macs
+            name = func.overloadpacket.__name__
+            self.by_op[name] = self.by_op.get(name, 0) + macs
+        return out
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_macs(model: nn.Module, img_size=224, in_chans: Optional[int] = None,
+               batch_size: int = 1) -> int:
+    """MACs of one forward pass for a `batch_size` x in_chans x H x W input, on the meta device
+    (the model is copied there, so a real model is untouched)."""
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    in_chans = in_chans or getattr(model, "in_chans", 3)
+    meta_model = _to_meta(model)
+    x = torch.empty(batch_size, in_chans, h, w, device="meta")
+    counter = MacCounter()
+    with torch.no_grad(), counter:
+        meta_model(x)
+    return counter.total
+
+
+def _to_meta(model: nn.Module) -> nn.Module:
+    import copy
+    if next(model.parameters()).device.type != "meta":
+        model = copy.deepcopy(model).to("meta")
+    return model.eval()
+
+
+def round_half_up(value: float, digits: int = 1) -> float:
+    """Round like the paper's tables: 4.486 -> 4.5, 8.95 -> 9.0 (not banker's rounding)."""
+    q = Decimal(1).scaleb(-digits)
+    return float(Decimal(repr(value)).quantize(q, rounding=ROUND_HALF_UP))
+
+
+def measure(name: str, img_size: int = 224, **model_kwargs) -> dict:
+    """Params and MACs of a named variant, built directly on the meta device."""
+    from .models import create_model
+    with torch.device("meta"):
+        model = create_model(name, **model_kwargs)
+    params = count_params(model)
+    macs = count_macs(model, img_size)
+    return {"model": name, "img_size": img_size, "params": params, "macs": macs,
+            "params_m": round_half_up(params / 1e6), "macs_g": round_half_up(macs / 1e9)}

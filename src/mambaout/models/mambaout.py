@@ -1,0 +1,174 @@
+"""The hierarchical MambaOut: stem, four stages of Gated CNN blocks, MLP head.
+
+Interface follows timm/ConvNeXt backbones: forward_features, forward_head,
+forward_intermediates, feature_info, reset_classifier, set_grad_checkpointing.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+from torch.utils.checkpoint import checkpoint
+
+from .blocks import ACTIVATIONS, Downsample, GatedCNNBlock, LayerNorm, MlpHead, nhwc_to_nchw, Stem
+
+
+class MambaOutStage(nn.Module):
+    def __init__(self, dim, dim_out, depth, downsample=None, drop_path=(), block_fn=GatedCNNBlock,
+                 **block_kwargs):
+        super().__init__()
+        self.grad_checkpointing = False
+        if downsample is None:
+            assert dim == dim_out
+            self.downsample = nn.Identity()
+        else:
+            self.downsample = Downsample(dim, dim_out, norm_first=downsample == "conv_nf")
+        self.blocks = nn.Sequential(*[block_fn(dim_out, drop_path=drop_path[j], **block_kwargs)
+                                      for j in range(depth)])
+
+    def forward(self, x):
+        x = self.downsample(x)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+            return x
+        return self.blocks(x)
+
+
+class MambaOut(nn.Module):
+    """MambaOut image classifier / backbone.
+
+    Args:
+        depths, dims: blocks and channels per stage.
+        expansion_ratio, kernel_size, conv_ratio, ls_init_value: Gated CNN block options.
+        stem_mid_norm: LayerNorm between the two stem convs (paper: yes; `_rw`: no).
+        downsample: "conv" (conv -> norm, paper) or "conv_nf" (norm -> conv, `_rw`).
+        head: "mlp" (paper head with a norm inside the MLP) or "norm_mlp" (`_rw`).
+        act: activation of the blocks and stem ("gelu", "gelu_tanh", "silu"); the head uses GELU.
+        drop_path_rate: peak stochastic depth, linearly increasing over all blocks.
+        drop_rate: dropout before the classifier.
+    """
+
+    def __init__(self, in_chans=3, num_classes=1000, depths=(3, 3, 9, 3), dims=(96, 192, 384, 576),
+                 expansion_ratio=8 / 3, kernel_size=7, conv_ratio=1.0, ls_init_value=None,
+                 stem_mid_norm=True, downsample="conv", head="mlp", act="gelu",
+                 drop_path_rate=0.0, drop_rate=0.0, global_pool="avg", block_fn=GatedCNNBlock):
+        super().__init__()
+        if head not in ("mlp", "norm_mlp"):
+            raise ValueError(f"head must be 'mlp' or 'norm_mlp', got {head!r}")
+        if downsample not in ("conv", "conv_nf"):
+            raise ValueError(f"downsample must be 'conv' or 'conv_nf', got {downsample!r}")
+        act_layer = ACTIVATIONS[act]
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.stem = Stem(in_chans, dims[0], mid_norm=stem_mid_norm, act_layer=act_layer)
+
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self.stages = nn.Sequential()
+        self.feature_info = []
+        prev_dim, start = dims[0], 0
+        for i, (depth, dim) in enumerate(zip(depths, dims)):
+            self.stages.append(MambaOutStage(
+                prev_dim, dim, depth, downsample=downsample if i > 0 else None,
+                drop_path=rates[start:start + depth], block_fn=block_fn,
+                expansion_ratio=expansion_ratio, kernel_size=kernel_size, conv_ratio=conv_ratio,
+                ls_init_value=ls_init_value, act_layer=act_layer))
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
+            prev_dim, start = dim, start + depth
+
+        self.num_features = prev_dim
+        # The head's MLP uses GELU in every released model, whatever the blocks use.
+        self.head = MlpHead(prev_dim, num_classes, mid_norm=head == "mlp", act_layer=nn.GELU,
+                            drop_rate=drop_rate, global_pool=global_pool)
+        self.head_hidden_size = self.head.num_features
+        self.pretrained_cfg: dict = {}
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ---- timm-style backbone interface -------------------------------------------------
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        """Replace the last fc with a freshly initialised one for `num_classes` (0 = no fc)."""
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+        if num_classes > 0:
+            self._init_weights(self.head.fc)
+            self.head.fc.to(self.head.pre_logits.fc.weight.device, self.head.pre_logits.fc.weight.dtype)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """NCHW image -> NHWC feature map at stride 32."""
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
+            norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Feature maps after the stages in `indices` (strides 4, 8, 16, 32).
+
+        indices: None = all stages, an int n = the last n, or a list of stage indices
+        (negative allowed). output_fmt "NCHW" or "NHWC". Returns (final features,
+        intermediates) or only the intermediates. `norm` is accepted for timm
+        compatibility; MambaOut has no norm after the last stage, so it does nothing.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take = self._take_indices(indices)
+        intermediates = []
+        x = self.stem(x)
+        last = max(take) if stop_early else len(self.stages) - 1
+        for i, stage in enumerate(self.stages[:last + 1]):
+            x = stage(x)
+            if i in take:
+                intermediates.append(nhwc_to_nchw(x).contiguous() if output_fmt == "NCHW" else x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def _take_indices(self, indices) -> List[int]:
+        n = len(self.stages)
+        if indices is None:
+            return list(range(n))
+        if isinstance(indices, int):
+            if not 0 < indices <= n:
+                raise ValueError(f"indices={indices}: must be between 1 and {n}")
+            return list(range(n - indices, n))
+        out = []
+        for i in indices:
+            if not -n <= i < n:
+                raise ValueError(f"stage index {i} out of range for {n} stages")
+            out.append(i % n)
+        return sorted(out)
+
+    def prune_intermediate_layers(self, indices=1, prune_head: bool = True):
+        """Drop stages after the last one in `indices` (and the head) for backbone use."""
+        take = self._take_indices(indices)
+        self.stages = self.stages[:max(take) + 1]
+        if prune_head:
+            self.reset_classifier(0, "")
+            self.head.norm = nn.Identity()
+            self.head.pre_logits = nn.Identity()
+        return take

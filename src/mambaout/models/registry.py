@@ -1,0 +1,109 @@
+"""create_model / list_models over the variant table."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import logging
+from typing import List, Optional, Tuple
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from ..errors import MambaOutError, UnknownModelError
+from .mambaout import MambaOut
+from .variants import VARIANTS, Variant
+from .weights import fetch_pretrained, fit_state_dict, load_checkpoint, read_checkpoint, extract_state_dict
+
+log = logging.getLogger("mambaout")
+
+
+def list_models(pattern: Optional[str] = None, pretrained: bool = False) -> List[str]:
+    """Model names, optionally filtered by a shell-style pattern ('*tiny*'). With
+    pretrained=True, list 'name.tag' for every released weight instead."""
+    names = []
+    for v in VARIANTS.values():
+        names += [f"{v.name}.{t}" for t in v.hub_tags] if pretrained else [v.name]
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def split_name(name: str) -> Tuple[str, Optional[str]]:
+    """'mambaout_tiny.in1k' -> ('mambaout_tiny', 'in1k'); also accepts 'timm/' / 'hf-hub:' prefixes."""
+    for prefix in ("hf-hub:", "hf_hub:", "timm/"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    base, _, tag = name.partition(".")
+    return base, tag or None
+
+
+def get_variant(name: str) -> Variant:
+    base, _ = split_name(name)
+    if base not in VARIANTS:
+        close = difflib.get_close_matches(base, list(VARIANTS), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownModelError(f"unknown model '{name}'{hint} (see `mambaout models`)")
+    return VARIANTS[base]
+
+
+def pretrained_cfg(name: str) -> dict:
+    """Input size, normalisation and crop of the (default or named) released weights."""
+    v = get_variant(name)
+    _, tag = split_name(name)
+    if tag is None:
+        tag = v.hub_tags[0] if v.hub_tags else None
+    elif tag not in v.hub_tags:
+        raise UnknownModelError(f"no pretrained tag '{tag}' for {v.name}; available: "
+                                + (", ".join(v.hub_tags) or "none"))
+    cfg = dict(architecture=v.name, tag=tag, hf_hub_id=f"timm/{v.name}.{tag}" if tag else None,
+               official_url=v.official_url, num_classes=1000, input_size=(3, 224, 224),
+               test_input_size=(3, 288, 288), pool_size=(7, 7), crop_pct=1.0, crop_mode="center",
+               interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+               first_conv="stem.conv1", classifier="head.fc", license="apache-2.0")
+    cfg.update(v.tag_cfgs.get(tag, {}))
+    return cfg
+
+
+def model_kwargs(v: Variant) -> dict:
+    return dict(depths=v.depths, dims=v.dims, expansion_ratio=v.expansion_ratio,
+                kernel_size=v.kernel_size, conv_ratio=v.conv_ratio, ls_init_value=v.ls_init_value,
+                stem_mid_norm=v.stem_mid_norm, downsample=v.downsample, head=v.head, act=v.act)
+
+
+def create_model(name: str, pretrained: bool = False, num_classes: Optional[int] = None,
+                 in_chans: int = 3, drop_path_rate: Optional[float] = None,
+                 checkpoint_path=None, **overrides) -> MambaOut:
+    """Build a MambaOut variant by name ('mambaout_tiny' or 'mambaout_tiny.in1k').
+
+    pretrained: load the released timm hub weights (cached by huggingface_hub).
+    num_classes: classifier size (default 1000, or the tag's own, e.g. 11821 for in12k);
+        with weights of another class count the backbone loads and the classifier is
+        re-initialised.
+    drop_path_rate: stochastic depth; None means 0 (use the variant's training value
+        via `mambaout.models.VARIANTS[name].drop_path` when training).
+    checkpoint_path: a local checkpoint (timm or official layout, .pth/.safetensors).
+    overrides: any MambaOut constructor argument (kernel_size, conv_ratio, drop_rate, ...).
+    """
+    v = get_variant(name)
+    cfg = pretrained_cfg(name)
+    if num_classes is None:
+        num_classes = cfg["num_classes"]
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise MambaOutError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+    kwargs = model_kwargs(v)
+    unknown = set(overrides) - set(MambaOut.__init__.__code__.co_varnames)
+    if unknown:
+        raise MambaOutError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+    kwargs.update(overrides)
+    model = MambaOut(in_chans=in_chans, num_classes=num_classes,
+                     drop_path_rate=drop_path_rate or 0.0, **kwargs)
+    model.pretrained_cfg = dict(cfg, num_classes=num_classes)
+    model.variant = v.name
+    if pretrained and checkpoint_path is None:
+        if cfg["tag"] is None:
+            raise MambaOutError(f"{v.name} has no released weights")
+        path = fetch_pretrained(v.name, cfg["tag"])
+        fit_state_dict(model, extract_state_dict(read_checkpoint(path)), source=f"{v.name}.{cfg['tag']} weights")
+        log.info("loaded pretrained weights %s", path)
+    elif checkpoint_path is not None:
+        load_checkpoint(model, checkpoint_path)
+    return model

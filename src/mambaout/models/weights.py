@@ -1,0 +1,197 @@
+"""Reading checkpoints safely and fitting them to a model.
+
+Accepted: timm's MambaOut layout (ours), the official release's layout, either
+plain or wrapped in {'model': ...} / {'state_dict': ...} (and DDP's 'module.'
+prefix), stored as .pth/.pt/.bin (torch.load with weights_only=True, so no
+arbitrary objects are unpickled) or .safetensors.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from ..errors import CheckpointError
+
+log = logging.getLogger("mambaout")
+
+CLASSIFIER_KEYS = ("head.fc.weight", "head.fc.bias")
+HUB_FILE = "model.safetensors"
+
+
+def read_checkpoint(path) -> dict:
+    """Load a checkpoint file into a dict without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path is a directory, expected a file: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"cannot read checkpoint {path}: corrupt safetensors file ({_first_line(e)})") from None
+    try:
+        with warnings.catch_warnings():  # torch's pickle-protocol chatter is not the user's problem
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        full = str(e)
+        found = re.search(r"(?:unsupported GLOBAL|Unsupported global:?)\s*(?:GLOBAL\s*)?([\w.]+)", full)
+        if found:
+            raise CheckpointError(
+                f"refusing to load {path}: it holds a pickled Python object ({found.group(1)}), and "
+                f"loading it could run arbitrary code; only tensors, plain containers and numbers "
+                f"are loaded") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", full)
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt file "
+                              f"({detail.group(1).strip() if detail else _first_line(e)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, TypeError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt or not a PyTorch checkpoint "
+                              f"({_first_line(e)})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+def extract_state_dict(obj: dict) -> Dict[str, torch.Tensor]:
+    """Unwrap {'model': sd} / {'state_dict': sd} / {'model_ema': ...}; strip 'module.' prefixes."""
+    for key in ("model", "state_dict", "model_state"):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError("checkpoint holds no tensors (expected a model state dict)")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def official_to_timm(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename the official release's keys to timm's (= ours). Other layouts pass through."""
+    if "downsample_layers.0.conv1.weight" not in sd:
+        return sd
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r"^downsample_layers\.0\.", "stem.", k)
+        k = re.sub(r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample.", k)
+        k = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", k)
+        if k.startswith("norm."):                      # norm after pooling lives in the head
+            k = "head." + k
+        elif k.startswith("head."):
+            k = (k.replace("head.fc1.", "head.pre_logits.fc.")
+                  .replace("head.norm.", "head.pre_logits.norm.")
+                  .replace("head.fc2.", "head.fc."))
+        out[k] = v
+    return out
+
+
+def fit_state_dict(model: nn.Module, sd: Dict[str, torch.Tensor], source: str = "checkpoint") -> dict:
+    """Load `sd` into `model` strictly, except that a classifier of another class count is
+    re-initialised (and reported). Raises CheckpointError naming the first bad key."""
+    sd = official_to_timm(sd)
+    own = model.state_dict()
+    info = {"reinit_classifier": False}
+
+    # A different class count: keep the backbone, start a fresh classifier.
+    ckpt_fc = sd.get("head.fc.weight")
+    own_fc = own.get("head.fc.weight")
+    if ckpt_fc is not None and (own_fc is None or own_fc.shape != ckpt_fc.shape):
+        for k in CLASSIFIER_KEYS:
+            sd.pop(k, None)
+        if own_fc is not None:
+            info["reinit_classifier"] = True
+            log.warning("%s has a %d-class classifier, the model has %d classes: loaded the backbone "
+                        "and re-initialised the classifier", source, ckpt_fc.shape[0], own_fc.shape[0])
+
+    # A different number of input channels: adapt the first conv like timm does.
+    stem_w, own_stem = sd.get("stem.conv1.weight"), own.get("stem.conv1.weight")
+    if stem_w is not None and own_stem is not None and stem_w.shape[1] != own_stem.shape[1] \
+            and stem_w.shape[0] == own_stem.shape[0]:
+        from timm.models import adapt_input_conv
+        sd["stem.conv1.weight"] = adapt_input_conv(own_stem.shape[1], stem_w)
+        log.warning("%s: adapted stem.conv1 from %d to %d input channels", source,
+                    stem_w.shape[1], own_stem.shape[1])
+
+    for k, v in sd.items():
+        if k in own and own[k].shape != v.shape:
+            raise CheckpointError(
+                f"{source} does not fit the model: '{k}' has shape {tuple(v.shape)} in the "
+                f"checkpoint but {tuple(own[k].shape)} in the model (is it another variant?)")
+    missing = [k for k in own if k not in sd and not (info["reinit_classifier"] and k in CLASSIFIER_KEYS)]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first: '{missing[0]}')")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: '{unexpected[0]}')")
+        raise CheckpointError(f"{source} does not fit the model: " + ", ".join(parts)
+                              + " (is it a MambaOut checkpoint of this variant?)")
+    model.load_state_dict(sd, strict=not info["reinit_classifier"])
+    return info
+
+
+def load_checkpoint(model: nn.Module, path, strict_classes: bool = False) -> dict:
+    """Load weights from `path` into `model` (timm or official layout, any wrapper).
+
+    Returns the checkpoint's other top-level entries (e.g. class names, recipe) plus
+    'reinit_classifier'. With strict_classes=True a class-count mismatch is an error.
+    """
+    obj = read_checkpoint(path)
+    sd = official_to_timm(extract_state_dict(obj))
+    if strict_classes and "head.fc.weight" in sd and "head.fc.weight" in model.state_dict():
+        a, b = sd["head.fc.weight"].shape[0], model.state_dict()["head.fc.weight"].shape[0]
+        if a != b:
+            raise CheckpointError(f"checkpoint {path} has {a} classes, the model has {b}")
+    info = fit_state_dict(model, sd, source=f"checkpoint {path}")
+    meta = {k: v for k, v in obj.items() if not isinstance(v, (dict, torch.Tensor))} if "model" in obj else {}
+    meta.update(info)
+    return meta
+
+
+# ---- pretrained weights from the Hugging Face hub (timm/<name>.<tag>) ----------------------
+
+def local_weights_dir() -> Path:
+    return Path(os.environ.get("MAMBAOUT_WEIGHTS_DIR", Path.home() / ".cache" / "mambaout"))
+
+
+def hub_url(name: str, tag: str) -> str:
+    return f"https://huggingface.co/timm/{name}.{tag}/resolve/main/{HUB_FILE}"
+
+
+def fetch_pretrained(name: str, tag: str) -> Path:
+    """Path to the weights for timm/<name>.<tag>: our local folder, the HF cache, or a download."""
+    local = local_weights_dir() / f"{name}.{tag}.safetensors"
+    if local.exists():
+        return local
+    try:
+        from huggingface_hub import hf_hub_download
+        try:
+            return Path(hf_hub_download(f"timm/{name}.{tag}", HUB_FILE, local_files_only=True))
+        except Exception:
+            pass
+        return Path(hf_hub_download(f"timm/{name}.{tag}", HUB_FILE, etag_timeout=10))
+    except Exception as e:  # offline, hub down, repo missing: all end the same way for the user
+        raise CheckpointError(
+            f"pretrained weights for {name}.{tag} are not cached and could not be downloaded "
+            f"({type(e).__name__}); download {hub_url(name, tag)} and save it as {local} "
+            f"(or pass --checkpoint FILE)") from None
