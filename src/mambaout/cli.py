@@ -80,6 +80,90 @@ def cmd_convert(args) -> int:
     return 0
 
 
+# flag -> Recipe field; values left at None keep the recipe's default
+RECIPE_FLAGS = {
+    "model": "model", "img_size": "img_size", "epochs": "epochs", "batch_size": "batch_size",
+    "grad_accum_steps": "grad_accum_steps", "lr": "lr", "lr_base": "lr_base", "lr_base_size": "lr_base_size",
+    "opt": "opt", "opt_eps": "opt_eps", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs",
+    "warmup_lr": "warmup_lr", "min_lr": "min_lr", "clip_grad": "clip_grad", "aa": "auto_augment",
+    "mixup": "mixup", "cutmix": "cutmix", "mixup_switch_prob": "mixup_switch_prob",
+    "mixup_prob": "mixup_prob", "reprob": "reprob", "smoothing": "smoothing", "drop_path": "drop_path",
+    "drop": "drop", "model_ema_decay": "model_ema_decay", "crop_pct": "crop_pct", "hflip": "hflip",
+    "seed": "seed",
+}
+
+
+def recipe_from_args(args):
+    """Table 2 when --data is given; the digits recipe on the embedded set otherwise."""
+    from dataclasses import replace
+    from .recipe import Recipe, digits_recipe
+    recipe = Recipe() if args.data else digits_recipe()
+    changes = {field: getattr(args, flag) for flag, field in RECIPE_FLAGS.items()
+               if getattr(args, flag, None) is not None}
+    if changes.get("auto_augment") in ("none", ""):
+        changes["auto_augment"] = None
+    if args.model_ema:
+        changes["model_ema"] = True
+    return replace(recipe, **changes)
+
+
+def cmd_train(args) -> int:
+    from .train import RunOptions, train
+    recipe = recipe_from_args(args)
+    amp = None
+    if args.amp:
+        amp = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}[args.amp_dtype]
+    opts = RunOptions(data=args.data, output=args.output, resume=args.resume, pretrained=args.pretrained,
+                      initial_checkpoint=args.initial_checkpoint, device=args.device, workers=args.workers,
+                      amp=amp, channels_last=args.channels_last, compile=args.torchcompile,
+                      grad_checkpointing=args.grad_checkpointing, checkpoint_every=args.checkpoint_every,
+                      tensorboard=args.log_tensorboard, progress=not args.no_progress,
+                      max_updates=args.max_updates)
+    result = train(recipe, opts)
+    if result.status == "finished":
+        print(f"done: best top-1 {result.best_top1:.2f}%, final top-1 {result.final_top1:.2f}% "
+              f"after {result.epochs_run} epochs; checkpoints and logs in {result.output}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .evaluate import validate
+    amp = {"bfloat16": "bf16", "float16": "fp16"}[args.amp_dtype] if args.amp else None
+    r = validate(args.checkpoint, args.model, args.pretrained, args.data, args.split, args.batch_size,
+                 args.workers, args.img_size, args.crop_pct, args.device, amp, args.channels_last)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"{r['model']} on {r['data']} [{r['split']}], {r['images']} images at {r['img_size']}px: "
+              f"top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%, loss {r['loss']:.4f}"
+              + (f" ({r['skipped']} unreadable images skipped)" if r["skipped"] else ""))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict
+    r = predict(args.images, args.checkpoint, args.model, args.pretrained, args.top_k, args.batch_size,
+                args.img_size, args.device)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        for p in r["predictions"]:
+            print(p["image"])
+            for t in p["topk"]:
+                print(f"  {100 * t['prob']:6.2f}%  {t['label']}  (class {t['index']})")
+    for e in r["errors"]:
+        print(f"mambaout: error: cannot read {e['image']}: {e['error']}", file=sys.stderr)
+    return 1 if r["errors"] else 0
+
+
+def _add_run_flags(s):
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    s.add_argument("-j", "--workers", type=int, default=2, help="data loading processes")
+    s.add_argument("--amp", action="store_true", help="mixed precision (see --amp-dtype)")
+    s.add_argument("--amp-dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    s.add_argument("--channels-last", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mambaout", description="MambaOut models: build, measure, load weights.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -97,6 +181,76 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-classes", type=int, default=None)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_complexity)
+
+    s = sub.add_parser("train", help="train or fine-tune (Table 2 recipe; embedded digits set without --data)")
+    s.add_argument("--data", help="ImageFolder root with train/<class>/* and val/<class>/*")
+    s.add_argument("--model", help="default: mambaout_femto on digits, mambaout_tiny with --data")
+    s.add_argument("--output", help="run folder (default: ./runs/<time>-<model>)")
+    s.add_argument("--resume", help="continue from a training checkpoint (last.pth)")
+    s.add_argument("--pretrained", action="store_true", help="start from the released weights (fine-tune)")
+    s.add_argument("--initial-checkpoint", help="start from these weights (fine-tune)")
+    g = s.add_argument_group("recipe (defaults: Table 2 with --data, the digits recipe without)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("-b", "--batch-size", type=int, help="per process")
+    g.add_argument("--grad-accum-steps", type=int)
+    g.add_argument("--lr", type=float, help="absolute peak lr (default: lr-base x global batch / lr-base-size)")
+    g.add_argument("--lr-base", type=float)
+    g.add_argument("--lr-base-size", type=int)
+    g.add_argument("--opt", help="optimizer (timm name, default adamw)")
+    g.add_argument("--opt-eps", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--warmup-lr", type=float)
+    g.add_argument("--min-lr", type=float)
+    g.add_argument("--clip-grad", type=float)
+    g.add_argument("--img-size", type=int)
+    g.add_argument("--aa", help="RandAugment policy, e.g. rand-m9-mstd0.5-inc1, or none")
+    g.add_argument("--mixup", type=float)
+    g.add_argument("--cutmix", type=float)
+    g.add_argument("--mixup-prob", type=float)
+    g.add_argument("--mixup-switch-prob", type=float)
+    g.add_argument("--reprob", type=float, help="random erasing probability")
+    g.add_argument("--smoothing", type=float, help="label smoothing")
+    g.add_argument("--drop-path", type=float, help="stochastic depth (default: per model)")
+    g.add_argument("--drop", type=float, help="head dropout")
+    g.add_argument("--hflip", type=float)
+    g.add_argument("--crop-pct", type=float, help="eval crop fraction")
+    g.add_argument("--model-ema", action="store_true")
+    g.add_argument("--model-ema-decay", type=float)
+    g.add_argument("--seed", type=int)
+    _add_run_flags(s)
+    s.add_argument("--torchcompile", "--compile", dest="torchcompile", action="store_true")
+    s.add_argument("--grad-checkpointing", action="store_true")
+    s.add_argument("--checkpoint-every", type=int, default=0, help="also save last.pth every N updates")
+    s.add_argument("--log-tensorboard", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--max-updates", type=int, help="stop after N optimizer updates (smoke tests)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("validate", help="top-1/top-5/loss of a checkpoint on an ImageFolder split or the digits set")
+    s.add_argument("--checkpoint", help="training checkpoint, or weights file with --model")
+    s.add_argument("--model")
+    s.add_argument("--pretrained", action="store_true")
+    s.add_argument("--data", help="ImageFolder root (uses <data>/<split>/ if present); default: digits")
+    s.add_argument("--split", default="val")
+    s.add_argument("-b", "--batch-size", type=int, default=128)
+    s.add_argument("--img-size", type=int)
+    s.add_argument("--crop-pct", type=float)
+    s.add_argument("--json", action="store_true")
+    _add_run_flags(s)
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("predict", help="top-k classes for image files")
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("--checkpoint")
+    s.add_argument("--model")
+    s.add_argument("--pretrained", action="store_true")
+    s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("-b", "--batch-size", type=int, default=32)
+    s.add_argument("--img-size", type=int)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("convert", help="re-save an official/timm checkpoint as safetensors (timm layout)")
     s.add_argument("model")
@@ -126,7 +280,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except MambaOutError as e:
         print(f"mambaout: error: {e}", file=sys.stderr)
-        return 2
+        return 3 if type(e).__name__ == "TrainingDiverged" else 2
     except KeyboardInterrupt:
         print("mambaout: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,164 @@
+"""Datasets: an ImageFolder that survives damaged files, and the embedded digits set.
+
+A sample that cannot be read comes back as None; `collate_skip_bad` drops it and
+counts it, so one bad file never ends a run. Every sample is produced under its
+own seed (see SeededSamples), which makes augmentation independent of worker
+count and batch order: the property exact resume and multi-process parity rest on.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import zlib
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from ..errors import MambaOutError
+
+log = logging.getLogger("mambaout")
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+def load_image(path) -> Image.Image:
+    """Open an image fully (truncated files fail here, not later) as RGB.
+    Grayscale, palette, CMYK and RGBA images are converted; alpha is composited on white."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            bg = Image.new("RGB", im.size, (255, 255, 255))
+            bg.paste(im, mask=im.getchannel("A"))
+            return bg
+        return im.convert("RGB")
+
+
+class ImageFolder(Dataset):
+    """root/<class>/<image> with classes sorted by name (torchvision's ImageFolder layout)."""
+
+    def __init__(self, root, transform: Optional[Callable] = None, classes: Optional[Sequence[str]] = None):
+        root = Path(root)
+        if not root.is_dir():
+            raise MambaOutError(f"dataset folder not found: {root}")
+        found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if classes is None:
+            classes = found
+        elif set(found) - set(classes):
+            extra = sorted(set(found) - set(classes))
+            raise MambaOutError(f"{root} has classes the model does not know: {', '.join(extra[:5])}")
+        self.root, self.transform, self.classes = root, transform, list(classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples: List[Tuple[str, int]] = []
+        for c in found:
+            for p in sorted((root / c).rglob("*")):
+                if p.suffix.lower() in IMG_EXTENSIONS and p.is_file():
+                    self.samples.append((str(p), self.class_to_idx[c]))
+        if not self.samples:
+            raise MambaOutError(f"no images found under {root} (expected {root}/<class>/<image>)")
+        self.targets = [t for _, t in self.samples]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, target = self.samples[i]
+        try:
+            img = load_image(path)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            log.warning("skipping unreadable image %s (%s)", path, str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
+            return None
+        return (self.transform(img) if self.transform else img), target
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's handwritten digits (1797 8x8 images, 10 classes), upscaled to RGB.
+
+    The split is deterministic and stratified: every 5th image of each class (in the
+    original order) goes to val, the rest to train -> 1442 train / 355 val.
+    """
+
+    classes = [str(d) for d in range(10)]
+
+    def __init__(self, split: str = "train", img_size: int = 32, transform: Optional[Callable] = None):
+        from sklearn.datasets import load_digits
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        digits = load_digits()
+        images = (digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+        rank_in_class = np.zeros(len(images), dtype=int)
+        seen = {}
+        for i, t in enumerate(digits.target):
+            rank_in_class[i] = seen.get(t, 0)
+            seen[t] = rank_in_class[i] + 1
+        is_val = rank_in_class % 5 == 4
+        keep = np.nonzero(is_val if split == "val" else ~is_val)[0]
+        self.images, self.targets = images[keep], digits.target[keep].tolist()
+        self.img_size, self.transform, self.split = img_size, transform, split
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i], mode="L").resize((self.img_size, self.img_size),
+                                                             Image.BICUBIC).convert("RGB")
+        return (self.transform(img) if self.transform else img), self.targets[i]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return zlib.crc32(f"{seed}/{epoch}/{index}".encode())
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so that item (index, epoch) is produced under its own RNG seed.
+
+    Samplers yield (index, epoch) pairs; the random augmentations of a sample then do
+    not depend on which worker made it or what came before it."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        s = sample_seed(self.seed, epoch, index)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+        return self.dataset[index]
+
+
+def collate_skip_bad(batch):
+    """Default collation after dropping unreadable samples; returns (images, targets, n_skipped)."""
+    good = [b for b in batch if b is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return None, None, skipped
+    images = torch.stack([b[0] for b in good])
+    targets = torch.tensor([b[1] for b in good], dtype=torch.long)
+    return images, targets, skipped
+
+
+def build_datasets(data: Optional[str], img_size: int, train_tf=None, eval_tf=None,
+                   train_split="train", val_split="val"):
+    """(train, val, class names) from an ImageFolder root, or the embedded digits set if None."""
+    if data is None:
+        return (DigitsDataset("train", img_size, train_tf), DigitsDataset("val", img_size, eval_tf),
+                list(DigitsDataset.classes))
+    root = Path(data)
+    if not root.is_dir():
+        raise MambaOutError(f"dataset folder not found: {root}")
+    for split in (train_split, val_split):
+        if not (root / split).is_dir():
+            raise MambaOutError(f"{root} has no '{split}' folder (expected {root}/{train_split}/<class>/* "
+                                f"and {root}/{val_split}/<class>/*)")
+    train = ImageFolder(root / train_split, train_tf)
+    val = ImageFolder(root / val_split, eval_tf, classes=train.classes)
+    return train, val, train.classes

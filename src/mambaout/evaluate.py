@@ -1,0 +1,89 @@
+"""Evaluation: top-1, top-5 and loss, each image counted exactly once across processes."""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .data import EvalShardSampler, build_datasets, collate_skip_bad, eval_transform
+from .distributed import Dist, all_reduce_sum, setup
+from .errors import MambaOutError
+
+log = logging.getLogger("mambaout")
+
+
+@torch.no_grad()
+def evaluate(model, loader, d: Dist, amp_dtype: Optional[torch.dtype] = None,
+             channels_last: bool = False) -> dict:
+    model.eval()
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, top1, top5, count, skipped
+    for images, targets, skipped in loader:
+        sums[4] += skipped
+        if images is None:
+            continue
+        images, targets = images.to(d.device), targets.to(d.device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        logits = logits.float()
+        sums[0] += F.cross_entropy(logits, targets, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit = top == targets[:, None]
+        sums[1] += hit[:, 0].sum().item()
+        sums[2] += hit.any(dim=1).sum().item()
+        sums[3] += len(targets)
+    sums = all_reduce_sum(sums.to(d.device), d).cpu()
+    n = int(sums[3])
+    if n == 0:
+        raise MambaOutError("no readable images to evaluate")
+    return {"top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n,
+            "loss": sums[0].item() / n, "images": n, "skipped": int(sums[4])}
+
+
+def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int):
+    return DataLoader(dataset, batch_size=batch_size, sampler=EvalShardSampler(len(dataset), d.rank, d.world),
+                      num_workers=workers, collate_fn=collate_skip_bad, pin_memory=d.device.type == "cuda",
+                      persistent_workers=False)
+
+
+def validate(checkpoint=None, model_name: Optional[str] = None, pretrained: bool = False,
+             data: Optional[str] = None, split: str = "val", batch_size: int = 128, workers: int = 2,
+             img_size: Optional[int] = None, crop_pct: Optional[float] = None, device: str = "auto",
+             amp: Optional[str] = None, channels_last: bool = False) -> dict:
+    """Evaluate a training checkpoint, a released model (--pretrained) or any weights file."""
+    from .checkpoint import load_for_inference
+    d = setup(device)
+    model, info = load_for_inference(checkpoint, model_name, pretrained)
+    cfg = model.pretrained_cfg
+    size = img_size or info.get("img_size") or cfg["input_size"][-1]
+    tf = eval_transform(size, crop_pct if crop_pct is not None else info.get("crop_pct", cfg["crop_pct"]),
+                        info.get("interpolation", cfg["interpolation"]), cfg["mean"], cfg["std"])
+    if data is None:
+        if info.get("num_classes", model.num_classes) != 10:
+            raise MambaOutError("without --data the embedded digits set (10 classes) is used, "
+                                f"but the model has {model.num_classes} classes; pass --data DIR")
+        from .data import DigitsDataset
+        dataset = DigitsDataset(split, size, tf)
+    else:
+        from pathlib import Path
+        from .data import ImageFolder
+        root = Path(data) / split if (Path(data) / split).is_dir() else Path(data)
+        dataset = ImageFolder(root, tf, classes=info.get("class_names"))
+        if len(dataset.classes) != model.num_classes and not info.get("class_names"):
+            if model.num_classes != 1000 or len(dataset.classes) > 1000:
+                raise MambaOutError(f"{root} has {len(dataset.classes)} classes, the model "
+                                    f"predicts {model.num_classes}")
+    model.to(d.device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = make_eval_loader(dataset, d, batch_size, workers)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
+    result = evaluate(model, loader, d, amp_dtype, channels_last)
+    result.update(model=info.get("model_name", getattr(model, "variant", None)), split=split,
+                  img_size=size, data=data or "digits (embedded)")
+    return result
