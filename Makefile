@@ -13,12 +13,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# Main job: train the default model on the embedded digits set, then evaluate its best checkpoint.
-RUN_DIR ?= runs/default
+# Main job: train the default model on the embedded digits set (a new folder under runs/),
+# then evaluate its best checkpoint.
 run: install
 	$(VENV)/bin/mambaout models
-	$(VENV)/bin/mambaout train --output $(RUN_DIR)
-	$(VENV)/bin/mambaout validate --checkpoint $(RUN_DIR)/best.pth
+	d=runs/digits-$$(date +%Y%m%d-%H%M%S) && $(VENV)/bin/mambaout train --output $$d && \
+	  $(VENV)/bin/mambaout validate --checkpoint $$d/best.pth
 
 test: install
 	$(PY) -m pytest -q

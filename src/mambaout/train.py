@@ -109,6 +109,9 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
         Path(resume_obj_dir(opts.resume)) if opts.resume else
         Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{recipe.model}")
     if d.is_main:
+        if resume_obj is None and (out / "last.pth").exists():
+            raise MambaOutError(f"{out} already holds a run (last.pth); resume it with --resume "
+                                f"{out / 'last.pth'} or choose another --output")
         out.mkdir(parents=True, exist_ok=True)
 
     # ---- data ---------------------------------------------------------------------------------
@@ -258,9 +261,10 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
                 mean_loss = flags[0].item() / d.world
                 stop_requested = flags[1].item() > 0
                 if not math.isfinite(mean_loss):
-                    raise TrainingDiverged(
-                        f"loss is {mean_loss} at epoch {epoch + 1}, update {update + 1}: stopped; the last "
-                        f"good checkpoint is kept in {out} (try a lower --lr or --clip-grad)")
+                    kept = (f"the last good checkpoint is {out / 'last.pth'}" if (out / "last.pth").exists()
+                            else "no checkpoint had been written yet")
+                    raise TrainingDiverged(f"loss is {mean_loss} at epoch {epoch + 1}, update {update + 1}: "
+                                           f"stopped; {kept} (try a lower --lr or --clip-grad)")
                 if recipe.clip_grad is not None:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)

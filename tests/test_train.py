@@ -1,0 +1,319 @@
+"""Training: recipe, schedule, data robustness, resume, SIGTERM/SIGKILL, DDP parity, validate, predict."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import mambaout
+from mambaout.cli import main
+from mambaout.recipe import Recipe, digits_recipe
+from mambaout.train import RunOptions, TrainingDiverged, build_optimizer, build_scheduler, train
+from imagesets import make_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+# a tiny, fast recipe for folders of 24px images (3 classes)
+TINY = replace(digits_recipe(), img_size=24, batch_size=8, epochs=2, lr=1e-3, warmup_epochs=1)
+
+
+def tiny_args(data, out, *extra):
+    return ["train", "--data", str(data), "--output", str(out), "--model", "mambaout_femto",
+            "--img-size", "24", "-b", "8", "--epochs", "3", "--lr", "1e-3", "--warmup-epochs", "1",
+            "--aa", "none", "--mixup", "0", "--cutmix", "0", "--reprob", "0", "--drop-path", "0",
+            "--hflip", "0", "-j", "0", "--no-progress", *extra]
+
+
+def env1():
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def model_state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+# ---- recipe and schedule ------------------------------------------------------------------------
+
+def test_recipe_defaults_are_table2():
+    r = Recipe()
+    assert (r.img_size, r.epochs, r.opt, r.opt_eps, r.opt_betas) == (224, 300, "adamw", 1e-8, (0.9, 0.999))
+    assert (r.lr_base, r.lr_base_size, r.sched, r.warmup_epochs) == (4e-3, 4096, "cosine", 20)
+    assert (r.weight_decay, r.clip_grad, r.auto_augment) == (0.05, None, "rand-m9-mstd0.5-inc1")
+    assert (r.repeated_aug, r.cutmix, r.mixup, r.mixup_switch_prob) == (False, 1.0, 0.8, 0.5)
+    assert (r.reprob, r.smoothing, r.model_ema, r.interpolation) == (0.25, 0.1, False, "bicubic")
+    drop = {m: replace(r, model=m).drop_path_rate() for m in
+            ("mambaout_femto", "mambaout_tiny", "mambaout_small", "mambaout_base")}
+    assert drop == {"mambaout_femto": 0.025, "mambaout_tiny": 0.2, "mambaout_small": 0.4, "mambaout_base": 0.6}
+    # peak lr 4e-3 at global batch 4096, linear in processes x batch x accumulation
+    assert replace(r, batch_size=128, grad_accum_steps=4).peak_lr(world_size=8) == pytest.approx(4e-3)
+    assert replace(r, batch_size=256).peak_lr(world_size=2) == pytest.approx(5e-4)
+    assert replace(r, lr=1e-3).peak_lr(world_size=64) == 1e-3
+    assert Recipe.from_dict(r.to_dict()) == r
+
+
+def test_lr_schedule_warmup_then_cosine():
+    r = replace(Recipe(), epochs=10, warmup_epochs=2, lr=1e-2, warmup_lr=1e-6, min_lr=1e-5)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=r.lr)
+    upe = 5
+    sched = build_scheduler(opt, r, upe)
+    lrs = []
+    for step in range(r.epochs * upe + 1):
+        sched.step_update(step)
+        lrs.append(opt.param_groups[0]["lr"])
+    warm = r.warmup_epochs * upe
+    assert lrs[0] == pytest.approx(1e-6)
+    for s in range(warm):              # linear warmup towards the peak
+        assert lrs[s] == pytest.approx(1e-6 + (1e-2 - 1e-6) * s / warm)
+    # then the cosine curve over the whole run, warmup included (timm's and the official
+    # train.py's semantics: the cosine is not shifted by the warmup)
+    for s in range(warm, len(lrs)):
+        t = s / (r.epochs * upe)
+        assert lrs[s] == pytest.approx(1e-5 + 0.5 * (1e-2 - 1e-5) * (1 + math.cos(math.pi * t)), rel=1e-6)
+    assert max(lrs) == lrs[warm] and all(a > b for a, b in zip(lrs[warm:], lrs[warm + 1:-1]))
+    assert lrs[-1] == pytest.approx(1e-5, rel=1e-3)
+
+
+def test_no_weight_decay_on_norms_biases_layer_scale():
+    model = mambaout.create_model("mambaout_small_rw", num_classes=3)  # has layer scale
+    opt = build_optimizer(model, Recipe(), 1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in opt.param_groups:
+        for p in g["params"]:
+            n = names[id(p)]
+            no_decay = p.ndim <= 1
+            assert g["weight_decay"] == (0.0 if no_decay else 0.05), n
+    decayless = {names[id(p)].rsplit(".", 1)[-1] for g in opt.param_groups if g["weight_decay"] == 0
+                 for p in g["params"]}
+    assert {"bias", "gamma", "weight"} <= decayless   # norm weights, biases, layer scale
+    assert opt.defaults["eps"] == 1e-8 and opt.defaults["betas"] == (0.9, 0.999)
+
+
+# ---- data robustness and outputs ------------------------------------------------------------------
+
+def test_damaged_dataset_trains_and_writes_outputs(tmp_path, caplog):
+    data = make_folder(tmp_path / "data", damaged=True)
+    out = tmp_path / "run"
+    res = train(TINY, RunOptions(data=str(data), output=str(out), workers=0, progress=False))
+    assert res.status == "finished" and res.epochs_run == 2
+    summary = json.loads((out / "summary.json").read_text())
+    # truncated JPEG, zero-byte file and a text file are skipped and counted, every epoch;
+    # grayscale, CMYK and RGBA are converted and used
+    assert summary["skipped_images"] >= 2 * 1 and summary["train_images"] == 3 * 16 + 6
+    assert "skipping unreadable image" in caplog.text
+    for name in ("last.pth", "best.pth", "metrics.csv", "steps.csv", "curves.png", "summary.json"):
+        assert (out / name).exists(), name
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("epoch,train_loss,val_loss,top1,top5")
+    ck = torch.load(out / "best.pth", map_location="cpu", weights_only=True)
+    assert ck["class_names"] == ["blue", "green", "red"] and ck["model_name"] == "mambaout_femto"
+    assert ck["recipe"]["img_size"] == 24
+    assert summary["best_top1"] == max(h["top1"] for h in res.history)
+    # the same folder is not overwritten by a new run
+    with pytest.raises(mambaout.MambaOutError, match="already holds a run"):
+        train(TINY, RunOptions(data=str(data), output=str(out), workers=0, progress=False))
+
+
+def test_digits_dataset_split_is_deterministic():
+    from mambaout.data import DigitsDataset
+    a, b = DigitsDataset("train"), DigitsDataset("val")
+    assert len(a) + len(b) == 1797 and len(set(b.targets)) == 10
+    assert DigitsDataset("val").targets == b.targets
+    img, t = DigitsDataset("val", img_size=40)[0]
+    assert img.size == (40, 40) and img.mode == "RGB"
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=(16, 3))
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="loss is (nan|inf)"):
+        train(replace(TINY, lr=1e12, warmup_epochs=0, epochs=3),
+              RunOptions(data=str(data), output=str(out), workers=0, progress=False, checkpoint_every=1))
+    assert model_state(out / "last.pth")  # the last checkpoint written before the blow-up still loads
+
+
+# ---- resume ----------------------------------------------------------------------------------------
+
+def test_resume_errors_are_one_line(tmp_path, capsys):
+    data = make_folder(tmp_path / "data", per_class=(8, 2))
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"junk")
+    other = tmp_path / "other"
+    train(replace(TINY, epochs=1, model="mambaout_kobe"),
+          RunOptions(data=str(data), output=str(other), workers=0, progress=False))
+    cases = [(tmp_path / "missing.pth", "checkpoint not found"), (bad, "cannot read checkpoint"),
+             (other / "last.pth", "trains mambaout_kobe, this run trains mambaout_femto")]
+    weights = tmp_path / "weights.pth"
+    torch.save(mambaout.create_model("mambaout_femto").state_dict(), weights)
+    cases.append((weights, "not a mambaout training checkpoint"))
+    for path, needle in cases:
+        code = main(tiny_args(data, tmp_path / "new", "--resume", str(path)))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+def _run_cli(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "mambaout", *args], env=env1(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_steps(out, n, proc, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        f = out / "steps.csv"
+        if f.exists() and len(f.read_text().splitlines()) - 1 >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError("run ended early: " + proc.stderr.read()[-2000:])
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for steps")
+
+
+def test_sigkill_and_sigterm_mid_epoch_resume_bitwise(tmp_path):
+    """A run killed with SIGKILL mid-epoch, and one stopped by SIGTERM, both resume to the
+    same final weights as an uninterrupted run (bitwise on CPU)."""
+    data = make_folder(tmp_path / "data", per_class=(27, 3), damaged=True)  # 87 images -> 10 updates/epoch
+    ref, killed, termed = tmp_path / "ref", tmp_path / "killed", tmp_path / "termed"
+    p_ref = _run_cli(tiny_args(data, ref))
+    p_kill = _run_cli(tiny_args(data, killed, "--checkpoint-every", "4"))
+    _wait_steps(killed, 13, p_kill)
+    p_kill.send_signal(signal.SIGKILL)
+    p_kill.wait()
+    p_term = _run_cli(tiny_args(data, termed))
+    _wait_steps(termed, 14, p_term)
+    p_term.send_signal(signal.SIGTERM)
+    _, err = p_term.communicate(timeout=120)
+    assert p_term.returncode == 0, err
+    assert "resume with" in err
+    assert p_ref.wait(timeout=300) == 0, p_ref.stderr.read()[-2000:]
+
+    k = torch.load(killed / "last.pth", map_location="cpu", weights_only=True)
+    t = torch.load(termed / "last.pth", map_location="cpu", weights_only=True)
+    assert k["step_in_epoch"] > 0 and t["step_in_epoch"] > 0, "both must stop mid-epoch"
+    assert json.loads((termed / "summary.json").read_text())["status"] == "interrupted"
+    for out in (killed, termed):
+        r = subprocess.run([sys.executable, "-m", "mambaout", *tiny_args(data, out, "--resume", str(out / "last.pth"))],
+                           env=env1(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        a, b = model_state(ref / "last.pth"), model_state(out / "last.pth")
+        for key in a:
+            assert torch.equal(a[key], b[key]), (out.name, key)
+        # the per-update log of the resumed run equals the uninterrupted one
+        assert (out / "steps.csv").read_text() == (ref / "steps.csv").read_text()
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    """2 processes x batch 8 (gloo) == 1 process x batch 16: same losses and final weights."""
+    data = make_folder(tmp_path / "data", per_class=(16, 4))
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--data", str(data), "--model", "mambaout_femto", "--img-size", "24", "--epochs", "2",
+            "--lr", "2e-3", "--warmup-epochs", "1", "--aa", "none", "--mixup", "0", "--cutmix", "0",
+            "--reprob", "0", "--drop-path", "0", "-j", "0", "--no-progress", "--device", "cpu"]
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                         "-m", "mambaout", "train", *args, "-b", "8", "--output", str(two)],
+                        env=env1(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    r1 = subprocess.run([sys.executable, "-m", "mambaout", "train", *args, "-b", "16", "--output", str(one)],
+                        env=env1(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    s1 = json.loads((one / "summary.json").read_text())
+    s2 = json.loads((two / "summary.json").read_text())
+    assert s2["world_size"] == 2 and s1["world_size"] == 1 and s1["global_step"] == s2["global_step"] == 6
+    l1 = [float(r.split(",")[3]) for r in (one / "steps.csv").read_text().splitlines()[1:]]
+    l2 = [float(r.split(",")[3]) for r in (two / "steps.csv").read_text().splitlines()[1:]]
+    assert l1 == pytest.approx(l2, rel=1e-4, abs=1e-5)
+    a, b = model_state(one / "last.pth"), model_state(two / "last.pth")
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
+    # validation counted every image once in both
+    assert s1["val_images"] == s2["val_images"] == 12
+
+
+# ---- validate / predict / fine-tune ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    data = make_folder(tmp / "data", per_class=(16, 5))
+    out = tmp / "run"
+    train(TINY, RunOptions(data=str(data), output=str(out), workers=0, progress=False))
+    return data, out
+
+
+def test_validate_agrees_with_hand_count(trained, capsys):
+    data, out = trained
+    code = main(["validate", "--checkpoint", str(out / "best.pth"), "--data", str(data), "--json", "-j", "0"])
+    r = json.loads(capsys.readouterr().out)
+    model, info = mambaout.checkpoint.load_for_inference(out / "best.pth")
+    from mambaout.data import eval_transform, load_image
+    tf = eval_transform(24, 1.0)
+    correct = total = 0
+    loss = 0.0
+    with torch.no_grad():
+        for cls_idx, cls in enumerate(info["class_names"]):
+            for f in sorted((data / "val" / cls).iterdir()):
+                logits = model(tf(load_image(f))[None])
+                correct += int(logits.argmax().item() == cls_idx)
+                loss += torch.nn.functional.cross_entropy(logits, torch.tensor([cls_idx])).item()
+                total += 1
+    assert code == 0 and r["images"] == total == 15
+    assert r["top1"] == pytest.approx(100 * correct / total)
+    assert r["top5"] == 100.0            # 3 classes: top-5 is always right
+    assert r["loss"] == pytest.approx(loss / total, rel=1e-4)
+
+
+def test_predict_uses_checkpoint_class_names(trained, capsys, tmp_path):
+    data, out = trained
+    imgs = sorted(str(p) for p in (data / "val" / "green").iterdir())[:3]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8garbage")
+    code = main(["predict", *imgs, str(bad), "--checkpoint", str(out / "best.pth"), "--json", "--top-k", "2"])
+    cap = capsys.readouterr()
+    r = json.loads(cap.out)
+    assert code == 1 and len(r["predictions"]) == 3 and r["errors"][0]["image"] == str(bad)
+    assert len(cap.err.strip().splitlines()) == 1 and "cannot read" in cap.err
+    for p in r["predictions"]:
+        assert len(p["topk"]) == 2 and {t["label"] for t in p["topk"]} <= {"red", "green", "blue"}
+        assert sum(t["prob"] for t in p["topk"]) <= 1.0 + 1e-6
+
+
+def test_predict_imagenet_names_for_1000_class_model(tmp_path):
+    from mambaout.predict import class_names_for
+    names = class_names_for(1000, None)
+    assert len(names) == 1000 and names[1].startswith("goldfish")
+    weights = tmp_path / "w.pth"
+    torch.save(mambaout.create_model("mambaout_femto").state_dict(), weights)
+    from PIL import Image
+    Image.new("RGB", (50, 40), (10, 200, 30)).save(tmp_path / "x.png")
+    from mambaout.predict import predict
+    r = predict([str(tmp_path / "x.png")], checkpoint=weights, model_name="mambaout_femto", top_k=3,
+                img_size=64)
+    assert len(r["predictions"][0]["topk"]) == 3 and r["predictions"][0]["topk"][0]["label"] in names
+
+
+def test_finetune_from_initial_checkpoint_new_class_count(trained, tmp_path):
+    data, out = trained
+    pre = tmp_path / "in1k.pth"
+    base = mambaout.create_model("mambaout_femto")
+    torch.save({"model": base.state_dict()}, pre)
+    res = train(replace(TINY, epochs=1), RunOptions(data=str(data), output=str(tmp_path / "ft"), workers=0,
+                                                    progress=False, initial_checkpoint=str(pre)))
+    assert res.status == "finished"
+    ck = torch.load(tmp_path / "ft" / "last.pth", map_location="cpu", weights_only=True)
+    assert ck["model"]["head.fc.weight"].shape == (3, 4 * 288) and ck["num_classes"] == 3
+
+
+def test_validate_errors(tmp_path, capsys):
+    code = main(["validate", "--checkpoint", str(tmp_path / "none.pth")])
+    assert code == 2 and "checkpoint not found" in capsys.readouterr().err
+    code = main(["validate"])
+    assert code == 2 and "--checkpoint" in capsys.readouterr().err
+    code = main(["train", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o")])
+    assert code == 2 and "dataset folder not found" in capsys.readouterr().err
