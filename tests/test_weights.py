@@ -53,7 +53,7 @@ def test_matches_timm_reference_implementation(femto, x):
     ref = timm.create_model("mambaout_femto").eval()
     ref.load_state_dict(femto.state_dict(), strict=True)
     with torch.no_grad():
-        assert torch.allclose(ref(x), femto(x), atol=1e-6)
+        assert torch.allclose(ref(x), femto(x), atol=1e-4)
     # and timm's own converter for the official layout agrees with ours
     from timm.models.mambaout import checkpoint_filter_fn
     official = timm_to_official(femto.state_dict())

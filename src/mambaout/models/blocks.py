@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, LayerScale
 
+from .fast import gated_cnn_fast
+
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": partial(nn.GELU, approximate="tanh"), "silu": nn.SiLU}
@@ -60,7 +62,14 @@ class GatedCNNBlock(nn.Module):
         self.ls = LayerScale(dim, init_values=ls_init_value) if ls_init_value is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x):  # x: [B, H, W, C]
+    fast = True  # use the fast path (models/fast.py); False runs the reference below
+
+    def forward(self, x):
+        if self.fast:
+            return gated_cnn_fast(self, x)
+        return self.forward_reference(x)
+
+    def forward_reference(self, x):  # x: [B, H, W, C]; Algorithm 1 line for line
         shortcut = x
         x = self.norm(x)
         g, i, c = torch.split(self.fc1(x), self.split_indices, dim=-1)
@@ -82,10 +91,12 @@ class Stem(nn.Module):
         self.norm2 = norm_layer(dim)
 
     def forward(self, x):
-        x = self.conv1(x)
+        # Channels-last input: conv1 then writes a dense NHWC map, so the permutes around the
+        # LayerNorms are free views (on CPU this is also the faster convolution layout).
+        x = nchw_to_nhwc(self.conv1(x.contiguous(memory_format=torch.channels_last)))
         if self.norm1 is not None:
-            x = nhwc_to_nchw(self.norm1(nchw_to_nhwc(x)))
-        x = self.conv2(self.act(x))
+            x = self.norm1(x)
+        x = self.conv2(nhwc_to_nchw(self.act(x)))
         return self.norm2(nchw_to_nhwc(x))
 
 

@@ -12,6 +12,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
+from .fast import run_blocks
 from .blocks import ACTIVATIONS, Downsample, GatedCNNBlock, LayerNorm, MlpHead, nhwc_to_nchw, Stem
 
 
@@ -34,7 +35,7 @@ class MambaOutStage(nn.Module):
             for block in self.blocks:
                 x = checkpoint(block, x, use_reentrant=False)
             return x
-        return self.blocks(x)
+        return run_blocks(self.blocks, x)
 
 
 class MambaOut(nn.Module):
