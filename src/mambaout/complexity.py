@@ -105,8 +105,17 @@ def count_macs(model: nn.Module, img_size=224, in_chans: Optional[int] = None,
     meta_model = _to_meta(model)
     x = torch.empty(batch_size, in_chans, h, w, device="meta")
     counter = MacCounter()
-    with torch.no_grad(), counter:
-        meta_model(x)
+    # Count the paper's formulation (Algorithm 1), not the fast path: folding the LayerNorm
+    # affine into fc1 at inference would count 4 instead of 5 operations per normalised element.
+    fast = [(m, m.fast) for m in meta_model.modules() if hasattr(m, "fast")]
+    try:
+        for m, _ in fast:
+            m.fast = False
+        with torch.no_grad(), counter:
+            meta_model(x)
+    finally:
+        for m, flag in fast:
+            m.fast = flag
     return counter.total
 
 
