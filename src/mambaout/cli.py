@@ -143,7 +143,7 @@ def cmd_validate(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import predict
     r = predict(args.images, args.checkpoint, args.model, args.pretrained, args.top_k, args.batch_size,
-                args.img_size, args.device)
+                args.img_size, args.device, onnx=args.onnx)
     if args.json:
         print(json.dumps(r))
     else:
@@ -154,6 +154,45 @@ def cmd_predict(args) -> int:
     for e in r["errors"]:
         print(f"mambaout: error: cannot read {e['image']}: {e['error']}", file=sys.stderr)
     return 1 if r["errors"] else 0
+
+
+def cmd_benchmark(args) -> int:
+    from . import benchmark as bench
+    modes = ["infer", "train"] if args.mode == "both" else [args.mode]
+    records = []
+    for mode in modes:
+        st = bench.Settings(batch_size=args.batch_size, img_size=args.img_size, mode=mode, device=args.device,
+                            precision=args.precision, channels_last=args.channels_last, compile=args.torchcompile,
+                            backend=args.backend, warmup=args.warmup, repeats=args.repeats, iters=args.iters,
+                            threads=args.threads, peak_tflops=args.peak_tflops)
+        records += bench.run(args.model, args.compare or [], st)
+    if args.csv:
+        bench.write_csv(records, args.csv)
+    if args.plot:
+        bench.plot(records, args.plot)
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        r0 = records[0]
+        print(f"{r0['device_name']}, {r0['threads'] or ''} threads, torch {r0['torch']}: batch {r0['batch_size']}, "
+              f"{r0['img_size']}px, {r0['precision']}, backend {r0['backend']}"
+              + (", channels-last" if r0["channels_last"] else "") + (", compiled" if r0["compile"] else "")
+              + f"; median of {args.repeats} interleaved repeats of {args.iters} step(s)")
+        print(bench.format_table(records))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export
+    r = export(args.model, args.format, args.output, args.checkpoint, args.pretrained, args.img_size,
+               args.opset, check=not args.no_check)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        parity = f", max abs diff vs PyTorch {r['max_abs_diff']:.2e}" if "max_abs_diff" in r else ""
+        print(f"wrote {r['output']} ({r['format']}, {r['model']}, {r['num_classes']} classes, "
+              f"dynamic batch{' and image size' if r['format'] == 'onnx' else ''}{parity})")
+    return 0
 
 
 def _add_run_flags(s):
@@ -248,9 +287,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=5)
     s.add_argument("-b", "--batch-size", type=int, default=32)
     s.add_argument("--img-size", type=int)
+    s.add_argument("--onnx", help="run this exported ONNX file through ONNX Runtime instead")
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("benchmark", help="throughput vs timm (interleaved, median of repeats)")
+    s.add_argument("--model", nargs="+", default=["mambaout_tiny"])
+    s.add_argument("--compare", action="append", choices=["timm", "reference"],
+                   help="also run timm's implementation (+ convnext_tiny) or our reference block")
+    s.add_argument("--mode", default="infer", choices=["infer", "train", "both"])
+    s.add_argument("-b", "--batch-size", type=int, default=16)
+    s.add_argument("--img-size", type=int, default=224)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="bf16/fp16: autocast")
+    s.add_argument("--channels-last", action="store_true")
+    s.add_argument("--torchcompile", "--compile", dest="torchcompile", action="store_true")
+    s.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    s.add_argument("--warmup", type=int, default=2)
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--iters", type=int, default=1, help="timed steps per repeat")
+    s.add_argument("--threads", type=int)
+    s.add_argument("--peak-tflops", type=float, help="device peak for MFU (known GPUs are built in)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--csv", help="also write the records to this CSV file")
+    s.add_argument("--plot", help="also write a bar chart PNG")
+    s.set_defaults(func=cmd_benchmark)
+
+    s = sub.add_parser("export", help="export to ONNX or TorchScript, checked against PyTorch")
+    s.add_argument("model")
+    s.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--checkpoint")
+    s.add_argument("--pretrained", action="store_true")
+    s.add_argument("--img-size", type=int)
+    s.add_argument("--opset", type=int, default=17)
+    s.add_argument("--no-check", action="store_true", help="skip the parity check")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("convert", help="re-save an official/timm checkpoint as safetensors (timm layout)")
     s.add_argument("model")

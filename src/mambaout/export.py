@@ -1,0 +1,138 @@
+"""Export to ONNX (dynamic batch and image size) or TorchScript, with a parity check."""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .errors import MambaOutError
+from .utils import atomic_write
+
+log = logging.getLogger("mambaout")
+PARITY_ATOL = 1e-4
+
+
+def export_onnx(model: torch.nn.Module, path, img_size: int = 224, opset: int = 17,
+                dynamic_size: bool = True, metadata: Optional[dict] = None) -> Path:
+    """Trace `model` (eval mode) to ONNX with a dynamic batch axis, and dynamic height/width
+    unless dynamic_size=False. Output name 'logits', input name 'input' (N, C, H, W).
+    `metadata` (JSON-able values) is stored in the file's metadata_props, so that
+    `mambaout predict --onnx` knows the preprocessing and the class names."""
+    model = model.eval()
+    x = torch.randn(2, getattr(model, "in_chans", 3), img_size, img_size)
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
+    if dynamic_size:
+        axes["input"].update({2: "height", 3: "width"})
+
+    def write(tmp):
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), tmp, dynamo=False, input_names=["input"], output_names=["logits"],
+                              dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
+        if metadata:
+            import onnx
+            proto = onnx.load(tmp)
+            for k, v in metadata.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = k, json.dumps(v)
+            onnx.save(proto, tmp)
+    return atomic_write(path, write)
+
+
+def onnx_metadata(path) -> dict:
+    sess = onnx_session(path)
+    props = sess.get_modelmeta().custom_metadata_map
+    out = {}
+    for k, v in props.items():
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def export_torchscript(model: torch.nn.Module, path, img_size: int = 224) -> Path:
+    """torch.jit.trace in eval mode; the traced graph accepts any batch size and image size."""
+    model = model.eval()
+    x = torch.randn(2, getattr(model, "in_chans", 3), img_size, img_size)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, x, check_trace=False)
+    def write(tmp):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(traced, tmp)
+    return atomic_write(path, write)
+
+
+def onnx_session(path, threads: Optional[int] = None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MambaOutError("the ONNX Runtime backend needs onnxruntime: pip install onnxruntime") from None
+    if not Path(path).is_file():
+        raise MambaOutError(f"ONNX file not found: {path}")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - corrupt or foreign files
+        raise MambaOutError(f"cannot load ONNX model {path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def check_parity(model: torch.nn.Module, path, fmt: str, sizes=((2, 224), (3, 160))) -> float:
+    """Max abs logit difference between PyTorch and the exported file on random inputs of
+    several batch sizes and resolutions (each input is checked)."""
+    model = model.eval()
+    worst = 0.0
+    if fmt == "onnx":
+        sess = onnx_session(path)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sess = torch.jit.load(str(path))
+    for batch, size in sizes:
+        x = torch.randn(batch, getattr(model, "in_chans", 3), size, size)
+        with torch.no_grad():
+            ref = model(x).numpy()
+            out = sess.run(None, {"input": x.numpy()})[0] if fmt == "onnx" else sess(x).numpy()
+        worst = max(worst, float(np.abs(out - ref).max()))
+    return worst
+
+
+def export(model_name: str, fmt: str, output, checkpoint=None, pretrained: bool = False,
+           img_size: Optional[int] = None, opset: int = 17, check: bool = True) -> dict:
+    from .checkpoint import load_for_inference
+    from .models import create_model
+    if fmt not in ("onnx", "torchscript"):
+        raise MambaOutError(f"--format must be onnx or torchscript, got {fmt!r}")
+    if checkpoint or pretrained:
+        model, info = load_for_inference(checkpoint, model_name, pretrained)
+    else:
+        model, info = create_model(model_name).eval(), {"img_size": None}
+    size = img_size or info.get("img_size") or model.pretrained_cfg["input_size"][-1]
+    cfg = model.pretrained_cfg
+    if fmt == "onnx":
+        meta = {"model_name": getattr(model, "variant", model_name), "num_classes": model.num_classes,
+                "class_names": info.get("class_names"), "img_size": size,
+                "crop_pct": info.get("crop_pct", cfg["crop_pct"]),
+                "interpolation": info.get("interpolation", cfg["interpolation"]),
+                "mean": list(cfg["mean"]), "std": list(cfg["std"])}
+        export_onnx(model, output, size, opset, metadata=meta)
+    else:
+        export_torchscript(model, output, size)
+    result = {"model": getattr(model, "variant", model_name), "format": fmt, "output": str(output),
+              "img_size": size, "num_classes": model.num_classes}
+    if check:
+        small = max(32, size * 3 // 4 // 32 * 32)
+        diff = check_parity(model, output, fmt, sizes=((2, size), (3, small)))
+        result["max_abs_diff"] = diff
+        if diff > PARITY_ATOL:
+            raise MambaOutError(f"exported {fmt} differs from PyTorch by {diff:.2e} (> {PARITY_ATOL})")
+    return result
