@@ -141,3 +141,42 @@ def test_threads_do_not_share_buffers():
     [t.join() for t in threads]
     for i in range(4):
         assert torch.equal(results[i], expected[i])
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("kw", [dict(), dict(conv_ratio=1.5, ls_init_value=0.5, kernel_size=5),
+                                dict(expansion_ratio=1.0), dict(act_layer=torch.nn.SiLU)])
+def test_block_inference_paths(monkeypatch, onednn, kw):
+    """Both inference plans (oneDNN-fused and plain in-place) equal the reference block."""
+    from mambaout.models import fast
+    if not onednn:
+        monkeypatch.setattr(fast, "_use_onednn", lambda blk, x: False)
+    elif not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN not available in this torch build")
+    blk = randomize(GatedCNNBlock(24, **kw)).eval()
+    x = torch.randn(2, 9, 7, 24)
+    with torch.no_grad():
+        got = gated_cnn_fast(blk, x)
+        ref = blk.forward_reference(x)
+    assert (got - ref).abs().max().item() <= 1e-4
+
+
+def test_cpu_batch_slicing_is_exact():
+    model = randomize(mambaout.create_model("mambaout_femto")).eval()
+    x = torch.randn(5, 3, 96, 96)
+    with torch.no_grad():
+        model.cpu_slice_bytes = 1            # one sample per slice
+        sliced = model(x)
+        model.cpu_slice_bytes = None
+        whole = model(x)
+    assert (sliced - whole).abs().max() <= 1e-5
+
+
+def test_autocast_inference_uses_autocast_safe_path():
+    model = mambaout.create_model("mambaout_femto").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x)
+    with torch.no_grad():
+        ref = model(x)
+    assert y.shape == (2, 1000) and (y.float() - ref).abs().max() < 0.1

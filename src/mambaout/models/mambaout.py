@@ -12,7 +12,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from .fast import run_blocks
+from .fast import inference_mode_active
 from .blocks import ACTIVATIONS, Downsample, GatedCNNBlock, LayerNorm, MlpHead, nhwc_to_nchw, Stem
 
 
@@ -35,7 +35,7 @@ class MambaOutStage(nn.Module):
             for block in self.blocks:
                 x = checkpoint(block, x, use_reentrant=False)
             return x
-        return run_blocks(self.blocks, x)
+        return self.blocks(x)
 
 
 class MambaOut(nn.Module):
@@ -113,9 +113,34 @@ class MambaOut(nn.Module):
             self._init_weights(self.head.fc)
             self.head.fc.to(self.head.pre_logits.fc.weight.device, self.head.pre_logits.fc.weight.dtype)
 
+    # CPU inference runs the batch in slices whose largest activation stays under this many
+    # bytes. glibc mmaps every allocation above 32 MiB and the kernel page-faults it on each call,
+    # which on CPU costs about as much as the GEMM that fills it. Every op is per sample, so
+    # the outputs are the same; None switches slicing off.
+    cpu_slice_bytes: Optional[int] = 30 * 2**20
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW image -> NHWC feature map at stride 32."""
+        step = self._cpu_slice(x)
+        if step:
+            return torch.cat([self.stages(self.stem(part)) for part in x.split(step)])
         return self.stages(self.stem(x))
+
+    def _cpu_slice(self, x) -> int:
+        if (self.cpu_slice_bytes is None or x.device.type != "cpu" or x.dim() != 4
+                or not inference_mode_active(x)):
+            return 0
+        pixels = x.shape[2] * x.shape[3]
+        widest = self.stem.conv1.out_channels * pixels / 4           # stem conv1 at stride 2
+        for stage in self.stages[:1]:
+            for blk in stage.blocks:
+                hidden, ident, cc = getattr(blk, "split_indices", (0, 0, 0))
+                widest = max(widest, (hidden + ident) * pixels / 16)  # stage 1 at stride 4
+        per_slice = max(1, int(self.cpu_slice_bytes // (x.element_size() * widest)))
+        if per_slice >= x.shape[0]:
+            return 0
+        slices = -(-x.shape[0] // per_slice)           # as few slices as possible, evenly sized
+        return -(-x.shape[0] // slices)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
