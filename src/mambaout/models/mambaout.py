@@ -12,8 +12,22 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from .fast import inference_mode_active
 from .blocks import ACTIVATIONS, Downsample, GatedCNNBlock, LayerNorm, MlpHead, nhwc_to_nchw, Stem
+
+
+def _compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # older torch
+        return False
+
+
+def _eager_features(model, x):
+    return model._features(x)
+
+
+if hasattr(torch, "compiler") and hasattr(torch.compiler, "disable"):
+    _eager_features = torch.compiler.disable(_eager_features)
 
 
 class MambaOutStage(nn.Module):
@@ -121,14 +135,23 @@ class MambaOut(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW image -> NHWC feature map at stride 32."""
+        if x.device.type == "cpu" and not torch.is_grad_enabled() and _compiling():
+            # CPU inference under torch.compile: our fused eager plan beats inductor's code for
+            # this model (docs/performance.md), so the compiled graph calls it as is.
+            return _eager_features(self, x)
+        return self._features(x)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         step = self._cpu_slice(x)
         if step:
             return torch.cat([self.stages(self.stem(part)) for part in x.split(step)])
         return self.stages(self.stem(x))
 
     def _cpu_slice(self, x) -> int:
+        # Also under torch.compile (static shapes), but never under jit tracing / ONNX export,
+        # which would bake the slice sizes into the graph.
         if (self.cpu_slice_bytes is None or x.device.type != "cpu" or x.dim() != 4
-                or not inference_mode_active(x)):
+                or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting()):
             return 0
         pixels = x.shape[2] * x.shape[3]
         widest = self.stem.conv1.out_channels * pixels / 4           # stem conv1 at stride 2

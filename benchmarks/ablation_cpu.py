@@ -1,0 +1,64 @@
+"""What each CPU inference optimisation buys, measured interleaved in one process.
+
+    .venv/bin/python benchmarks/ablation_cpu.py [--model mambaout_tiny] [-b 16] [--repeats 7]
+
+Variants, all with the same weights (medians of interleaved repeats, first repeat dropped):
+  reference        Algorithm 1 block (split, permute, conv, permute, cat), no batch slicing
+  fast, plain      fast block, MKL GEMMs + in-place elementwise, no batch slicing
+  fast, oneDNN     fast block with oneDNN-fused epilogues, no batch slicing
+  fast, oneDNN + slicing   the default
+  timm             timm's implementation
+"""
+import argparse
+import statistics
+import time
+
+import timm
+import torch
+
+import mambaout
+from mambaout.models import fast
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="mambaout_tiny")
+    p.add_argument("-b", "--batch-size", type=int, default=16)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=7)
+    a = p.parse_args()
+    ours = mambaout.create_model(a.model).eval()
+    ref = timm.create_model(a.model).eval()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(a.batch_size, 3, a.img_size, a.img_size)
+    onednn = fast._use_onednn
+
+    def setup(block_fast, use_onednn, slicing):
+        def f():
+            for m in ours.modules():
+                if hasattr(m, "fast"):
+                    m.fast = block_fast
+            fast._use_onednn = onednn if use_onednn else (lambda blk, x: False)
+            ours.cpu_slice_bytes = type(ours).cpu_slice_bytes if slicing else None
+            ours(x)
+        return f
+
+    variants = {"reference": setup(False, False, False), "fast, plain": setup(True, False, False),
+                "fast, oneDNN": setup(True, True, False), "fast, oneDNN + slicing": setup(True, True, True),
+                "timm": lambda: ref(x)}
+    times = {k: [] for k in variants}
+    with torch.inference_mode():
+        for _ in range(a.repeats + 1):
+            for k, f in variants.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+    timm_ips = a.batch_size / statistics.median(times["timm"][1:])
+    print(f"{a.model}, batch {a.batch_size}, {a.img_size}px, fp32, {torch.get_num_threads()} threads")
+    for k, v in times.items():
+        ips = a.batch_size / statistics.median(v[1:])
+        print(f"  {k:<26}{ips:8.2f} img/s   {ips / timm_ips:5.2f}x timm")
+
+
+if __name__ == "__main__":
+    main()
