@@ -1,6 +1,6 @@
 """What each CPU inference optimisation buys, measured interleaved in one process.
 
-    .venv/bin/python benchmarks/ablation_cpu.py [--model mambaout_tiny] [-b 16] [--repeats 7]
+    .venv/bin/python benchmarks/ablation_cpu.py [--model mambaout_tiny] [-b 16] [--repeats 7] [--mallopt]
 
 Variants, all with the same weights (medians of interleaved repeats, first repeat dropped):
   reference        Algorithm 1 block (split, permute, conv, permute, cat), no batch slicing
@@ -26,7 +26,15 @@ def main():
     p.add_argument("-b", "--batch-size", type=int, default=16)
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--mallopt", action="store_true",
+                   help="first tune glibc malloc for this whole process (no mmap, no trimming): shows "
+                        "how much of every implementation's time is page faults on fresh tensors")
     a = p.parse_args()
+    if a.mallopt:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)            # M_MMAP_MAX
+        libc.mallopt(-1, 2**31 - 1)    # M_TRIM_THRESHOLD
     ours = mambaout.create_model(a.model).eval()
     ref = timm.create_model(a.model).eval()
     ref.load_state_dict(ours.state_dict())
@@ -54,7 +62,8 @@ def main():
                 f()
                 times[k].append(time.perf_counter() - t0)
     timm_ips = a.batch_size / statistics.median(times["timm"][1:])
-    print(f"{a.model}, batch {a.batch_size}, {a.img_size}px, fp32, {torch.get_num_threads()} threads")
+    print(f"{a.model}, batch {a.batch_size}, {a.img_size}px, fp32, {torch.get_num_threads()} threads"
+          + (", glibc malloc tuned" if a.mallopt else ""))
     for k, v in times.items():
         ips = a.batch_size / statistics.median(v[1:])
         print(f"  {k:<26}{ips:8.2f} img/s   {ips / timm_ips:5.2f}x timm")
