@@ -332,6 +332,8 @@ def test_options_amp_ema_channels_last_checkpointing_and_resume(tmp_path):
     assert res.status == "stopped"
     ck = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
     assert ck["ema"] is not None and ck["global_step"] == 3 and ck["step_in_epoch"] == 3
+    with pytest.raises(mambaout.CheckpointError, match="another global batch"):
+        train(replace(r, batch_size=8), replace(opts, resume=str(out / "last.pth"), max_updates=None))
     res = train(r, replace(opts, resume=str(out / "last.pth"), max_updates=None))
     assert res.status == "finished" and res.epochs_run == 2
     ck2 = torch.load(out / "last.pth", map_location="cpu", weights_only=True)

@@ -177,6 +177,12 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
         if ema is not None and resume_obj.get("ema"):
             ema.module.load_state_dict(resume_obj["ema"])
         start_epoch, start_step = int(resume_obj["epoch"]), int(resume_obj["step_in_epoch"])
+        saved_batch = resume_obj.get("global_batch")
+        if start_step > 0 and saved_batch is not None and int(saved_batch) != recipe.global_batch(d.world):
+            raise CheckpointError(
+                f"cannot resume mid-epoch with another global batch: {opts.resume} was written with "
+                f"{saved_batch} images per update, this run has {recipe.global_batch(d.world)} "
+                f"(processes x --batch-size x --grad-accum-steps)")
         global_step = int(resume_obj["global_step"])
         best_top1, best_epoch = float(resume_obj["best_top1"]), int(resume_obj["best_epoch"])
         history = list(resume_obj.get("history", []))
@@ -216,7 +222,7 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
                 "ema": ema.module.state_dict() if ema is not None else None,
                 "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
                 "best_top1": best_top1, "best_epoch": best_epoch, "history": history,
-                "world_size": d.world, "rng": ckpt.rng_state()}
+                "world_size": d.world, "global_batch": recipe.global_batch(d.world), "rng": ckpt.rng_state()}
 
     status, final_top1, skipped_total, stop_requested = "finished", None, 0, False
     try:
