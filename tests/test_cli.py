@@ -95,3 +95,18 @@ def test_console_script_entry_point():
     r = subprocess.run([sys.executable, "-m", "mambaout", "complexity", "nope"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown model" in r.stderr
+
+
+@pytest.mark.parametrize("offline_env", ["flag", "unreachable"])
+def test_pretrained_offline_is_one_line(tmp_path, capsys, monkeypatch, offline_env):
+    from PIL import Image
+    img = tmp_path / "x.png"
+    Image.new("RGB", (32, 32)).save(img)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("MAMBAOUT_WEIGHTS_DIR", str(tmp_path / "w"))
+    if offline_env == "unreachable":
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    code, _, err = run(capsys, "predict", str(img), "--model", "mambaout_femto", "--pretrained")
+    assert code == 2
+    assert "mambaout_femto.in1k/resolve/main/model.safetensors" in one_error_line(err)

@@ -188,9 +188,28 @@ def fetch_pretrained(name: str, tag: str) -> Path:
             return Path(hf_hub_download(f"timm/{name}.{tag}", HUB_FILE, local_files_only=True))
         except Exception:
             pass
+        if not _hub_reachable():
+            raise ConnectionError("hub unreachable")
+        from huggingface_hub.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()       # no retry chatter: one line is the contract
         return Path(hf_hub_download(f"timm/{name}.{tag}", HUB_FILE, etag_timeout=10))
     except Exception as e:  # offline, hub down, repo missing: all end the same way for the user
         raise CheckpointError(
             f"pretrained weights for {name}.{tag} are not cached and could not be downloaded "
             f"({type(e).__name__}); download {hub_url(name, tag)} and save it as {local} "
             f"(or pass --checkpoint FILE)") from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Cheap check before a download, so that offline machines fail at once instead of
+    after huggingface_hub's retries."""
+    import socket
+    from urllib.parse import urlparse
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
