@@ -176,29 +176,32 @@ def _wait_steps(out, n, proc, timeout=120):
     raise AssertionError("timed out waiting for steps")
 
 
-def test_sigkill_and_sigterm_mid_epoch_resume_bitwise(tmp_path):
-    """A run killed with SIGKILL mid-epoch, and one stopped by SIGTERM, both resume to the
-    same final weights as an uninterrupted run (bitwise on CPU)."""
+def test_sigkill_sigterm_sigint_mid_epoch_resume_bitwise(tmp_path):
+    """A run killed with SIGKILL mid-epoch, and runs stopped by SIGTERM and by Ctrl-C (SIGINT),
+    all resume to the same final weights as an uninterrupted run (bitwise on CPU)."""
     data = make_folder(tmp_path / "data", per_class=(27, 3), damaged=True)  # 87 images -> 10 updates/epoch
-    ref, killed, termed = tmp_path / "ref", tmp_path / "killed", tmp_path / "termed"
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
     p_ref = _run_cli(tiny_args(data, ref))
     p_kill = _run_cli(tiny_args(data, killed, "--checkpoint-every", "4"))
     _wait_steps(killed, 13, p_kill)
     p_kill.send_signal(signal.SIGKILL)
     p_kill.wait()
-    p_term = _run_cli(tiny_args(data, termed))
-    _wait_steps(termed, 14, p_term)
-    p_term.send_signal(signal.SIGTERM)
-    _, err = p_term.communicate(timeout=120)
-    assert p_term.returncode == 0, err
-    assert "resume with" in err
+    stopped = {}
+    for sig, steps in ((signal.SIGTERM, 14), (signal.SIGINT, 15)):
+        out = tmp_path / sig.name
+        p = _run_cli(tiny_args(data, out))
+        _wait_steps(out, steps, p)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert f"stopped by {sig.name}" in err and "resume with" in err
+        assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+        stopped[sig.name] = out
     assert p_ref.wait(timeout=300) == 0, p_ref.stderr.read()[-2000:]
 
-    k = torch.load(killed / "last.pth", map_location="cpu", weights_only=True)
-    t = torch.load(termed / "last.pth", map_location="cpu", weights_only=True)
-    assert k["step_in_epoch"] > 0 and t["step_in_epoch"] > 0, "both must stop mid-epoch"
-    assert json.loads((termed / "summary.json").read_text())["status"] == "interrupted"
-    for out in (killed, termed):
+    for out in (killed, *stopped.values()):
+        ck = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+        assert ck["step_in_epoch"] > 0, f"{out.name} must stop mid-epoch"
         r = subprocess.run([sys.executable, "-m", "mambaout", *tiny_args(data, out, "--resume", str(out / "last.pth"))],
                            env=env1(), cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]

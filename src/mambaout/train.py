@@ -209,10 +209,17 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
 
     stop = {"signal": None}
 
-    def on_sigterm(signum, frame):
+    def on_stop_signal(signum, frame):
+        # SIGTERM or a first Ctrl-C: finish the current update, save last.pth, exit cleanly.
+        # A second Ctrl-C aborts at once (default behaviour).
         stop["signal"] = signum
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    previous_handler = signal.signal(signal.SIGTERM, on_sigterm) if _main_thread() else None
+    previous_handlers = {}
+    if _main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous_handlers[sig] = signal.signal(sig, on_stop_signal)
 
     def state(epoch: int, step_in_epoch: int) -> dict:
         return {"format": ckpt.FORMAT, "model_name": recipe.model, "num_classes": num_classes,
@@ -340,8 +347,8 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
                 status = "stopped"
                 break
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
         if tb is not None:
             tb.close()
         if step_log is not None:
@@ -360,8 +367,8 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
                    "recipe": recipe.to_dict()}
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         if status == "interrupted":
-            log.warning("stopped by SIGTERM after update %d; resume with: mambaout train --resume %s",
-                        global_step, out / "last.pth")
+            log.warning("stopped by %s after update %d; resume with: mambaout train --resume %s",
+                        signal.Signals(stop["signal"]).name, global_step, out / "last.pth")
     return result
 
 
