@@ -143,8 +143,9 @@ class MambaOut(nn.Module):
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         step = self._cpu_slice(x)
-        if step:
-            return torch.cat([self.stages(self.stem(part)) for part in x.split(step)])
+        if step:  # only the stem and stage 1 hold tensors that large; later stages run whole
+            x = torch.cat([self.stages[0](self.stem(part)) for part in x.split(step)])
+            return self.stages[1:](x)
         return self.stages(self.stem(x))
 
     def _cpu_slice(self, x) -> int:
