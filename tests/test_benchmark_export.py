@@ -5,9 +5,8 @@ import pytest
 import torch
 
 import mambaout
-from mambaout import benchmark as bench
 from mambaout.cli import main
-from mambaout.export import check_parity, export, export_onnx, export_torchscript, onnx_session
+from mambaout.export import check_parity, export_onnx, export_torchscript, onnx_session
 
 SMALL = dict(batch_size=2, img_size=64, warmup=1, repeats=2)
 

@@ -187,7 +187,6 @@ def test_pretrained_from_hf_cache(tmp_path, monkeypatch, femto, x):
     (cache / "models--timm--mambaout_femto.in1k" / "refs" / "main").write_text("0" * 40)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hf.constants, "HF_HUB_CACHE", str(cache), raising=False)
-    import mambaout.models.weights as w
     real = hf.hf_hub_download
     monkeypatch.setattr(hf, "hf_hub_download", lambda *a, **k: real(*a, cache_dir=str(cache), **k))
     model = mambaout.create_model("mambaout_femto", pretrained=True).eval()

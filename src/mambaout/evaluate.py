@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .data import EvalShardSampler, build_datasets, collate_skip_bad, eval_transform
+from .data import EvalShardSampler, collate_skip_bad, eval_transform
 from .distributed import Dist, all_reduce_sum, setup
 from .errors import MambaOutError
 

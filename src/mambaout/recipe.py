@@ -5,7 +5,7 @@ defaults): warmup starts at 1e-6 and cosine decay ends at 1e-5.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Optional, Tuple
 
 

@@ -91,9 +91,6 @@ class Stem(nn.Module):
         self.norm2 = norm_layer(dim)
 
     def forward(self, x):
-        return self._forward(x)
-
-    def _forward(self, x):  # noqa: kept separate for readability
         # Channels-last input: conv1 then writes a dense NHWC map, so the permutes around the
         # LayerNorms are free views (on CPU this is also the faster convolution layout).
         x = nchw_to_nhwc(self.conv1(x.contiguous(memory_format=torch.channels_last)))

@@ -12,14 +12,8 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import ACTIVATIONS, Downsample, GatedCNNBlock, LayerNorm, MlpHead, nhwc_to_nchw, Stem
-
-
-def _compiling() -> bool:
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:  # older torch
-        return False
+from .blocks import ACTIVATIONS, Downsample, GatedCNNBlock, MlpHead, nhwc_to_nchw, Stem
+from .fast import _compiling
 
 
 def _eager_features(model, x):

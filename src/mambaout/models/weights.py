@@ -13,7 +13,7 @@ import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 import torch.nn as nn
