@@ -11,6 +11,7 @@ is the same set of images for any number of processes.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -261,7 +262,7 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
                     if opts.channels_last:
                         images = images.contiguous(memory_format=torch.channels_last)
                     sync = micro == recipe.grad_accum_steps - 1 or not d.enabled
-                    ctx = train_model.no_sync() if (d.enabled and not sync) else _null()
+                    ctx = train_model.no_sync() if (d.enabled and not sync) else contextlib.nullcontext()
                     with ctx, torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         logits = train_model(images)
                         loss = criterion(logits.float(), targets) if len(images) else logits.sum() * 0
@@ -403,14 +404,6 @@ def _check_recipe(r: Recipe, opts: RunOptions):
         raise MambaOutError(f"--amp must be bf16 or fp16, got {opts.amp}")
     if opts.pretrained and opts.initial_checkpoint:
         raise MambaOutError("give --pretrained or --initial-checkpoint, not both")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _main_thread() -> bool:
