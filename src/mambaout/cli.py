@@ -195,6 +195,38 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_seqlen(args) -> int:
+    from . import seqlen
+    settings = seqlen.settings_for(args.preset, args.img_size, args.stride, args.dim, args.frames, args.tubelet)
+    rows = [seqlen.analyse(s) for s in settings]
+    if args.plot:
+        seqlen.plot(rows, args.plot)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("FLOPs of one Transformer block (attention + MLP ratio 4): linear 24*D^2*L, quadratic 4*L^2*D; "
+          "ratio = L/(6D), long-sequence when L > 6D")
+    print(seqlen.format_table(rows))
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_study(args) -> int:
+    from .study import Study, report, run_study
+    study = Study(mixers=args.mixers, seeds=args.seeds, dim=args.dim, data=args.data,
+                  output=args.output, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                  device=args.device, workers=args.workers, progress=not args.no_progress)
+    for flag in ("epochs", "batch_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            raise MambaOutError(f"--{flag.replace('_', '-')} must be positive")
+    rows = run_study(study, log=lambda msg: print(msg, flush=True))
+    result = report(study, rows)
+    print(result["table"])
+    print("wrote " + ", ".join(result["files"]))
+    return 0
+
+
 def _add_run_flags(s):
     s.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     s.add_argument("-j", "--workers", type=int, default=2, help="data loading processes")
@@ -332,6 +364,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="output .safetensors file")
     s.add_argument("--num-classes", type=int, default=None)
     s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("study", help="Table 8: train isotropic Conv / Attention / SSM models over seeds and compare")
+    s.add_argument("--mixers", nargs="+", default=["conv", "attn", "ssm"], metavar="MIXER",
+                   help="conv, attn, attn_causal, ssm, ssm_bi (or model names); default: conv attn ssm")
+    s.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="N", help="default: 0")
+    s.add_argument("--dim", type=int, default=64, help="64 or 192 (Table 8); default 64")
+    s.add_argument("--data", default=None,
+                   help="CIFAR-10/100 folder in torchvision's format (default: the embedded digits set)")
+    s.add_argument("-o", "--output", default="runs/study", help="study folder (default runs/study); "
+                   "finished runs in it are reused, interrupted ones resumed")
+    s.add_argument("--epochs", type=int, help="default: 10 on digits, 200 on CIFAR (the paper's)")
+    s.add_argument("-b", "--batch-size", type=int, help="default: 64 on digits, 128 on CIFAR")
+    s.add_argument("--lr", type=float, help="peak lr (default: 2e-3 on digits, 1e-3 on CIFAR)")
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    s.add_argument("-j", "--workers", type=int, default=2, help="data loading processes")
+    s.set_defaults(func=cmd_study)
+
+    s = sub.add_parser("seqlen", help="the paper's long-sequence criterion: is L > 6D for this input?")
+    s.add_argument("--preset", action="append", metavar="NAME",
+                   help="imagenet-224, coco-800x1333, ade20k-512x2048, kinetics-16x224, kinetics-16x224-t2 "
+                        "or all (repeatable; default: all unless --img-size is given)")
+    s.add_argument("--img-size", metavar="H[xW]", help="custom input, e.g. 224 or 800x1333")
+    s.add_argument("--stride", type=int, help="patch size / total stride of the stage (default 16)")
+    s.add_argument("--dim", type=int, help="token width D (default 384 = ViT-S)")
+    s.add_argument("--frames", type=int, help="video: frames T in the clip (with --img-size)")
+    s.add_argument("--tubelet", type=int, help="video: frames per token t (default 1)")
+    s.add_argument("--plot", metavar="FILE.png", help="also write the ratio-over-L plot")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_seqlen)
     return p
 
 

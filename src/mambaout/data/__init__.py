@@ -1,4 +1,4 @@
-from .datasets import (IMG_EXTENSIONS, DigitsDataset, ImageFolder, SeededSamples, build_datasets,
+from .datasets import (IMG_EXTENSIONS, CifarDataset, DigitsDataset, ImageFolder, SeededSamples, build_datasets,
                        collate_skip_bad, load_image)
 from .samplers import EvalShardSampler, ResumableSampler
 from .transforms import eval_transform, train_transform

@@ -8,6 +8,7 @@ count and batch order: the property exact resume and multi-process parity rest o
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 import zlib
 from pathlib import Path
@@ -146,15 +147,101 @@ def collate_skip_bad(batch):
     return images, targets, skipped
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a CIFAR batch cannot run code."""
+
+    ALLOWED = {(m, f) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+               for f in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype"),
+                                                       ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if module.startswith("numpy.") and module.endswith("multiarray"):
+            try:  # numpy 2 renamed numpy.core (what CIFAR's pickles name) to numpy._core
+                from numpy._core import multiarray
+            except ImportError:
+                from numpy.core import multiarray
+            return getattr(multiarray, name)
+        return super().find_class(module, name)
+
+
+CIFAR_LAYOUTS = {  # folder -> (train files, test files, meta file, label key, names key)
+    "cifar-10-batches-py": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
+                            "labels", "label_names"),
+    "cifar-100-python": (["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
+}
+
+
+def find_cifar(root: Path) -> Optional[Path]:
+    """The CIFAR-10/100 python-format folder at `root` or directly inside it, else None."""
+    for folder in (root, *(root / name for name in CIFAR_LAYOUTS)):
+        if folder.name in CIFAR_LAYOUTS and folder.is_dir():
+            return folder
+    return None
+
+
+class CifarDataset(Dataset):
+    """CIFAR-10 or CIFAR-100 in torchvision's download format (`cifar-10-batches-py/` with
+    data_batch_1..5 and test_batch, or `cifar-100-python/` with train and test; fine labels).
+    "train" is the 50,000 training images, "val" the 10,000 test images, as in Table 8."""
+
+    def __init__(self, folder, split: str = "train", transform: Optional[Callable] = None):
+        folder = Path(folder)
+        if folder.name not in CIFAR_LAYOUTS:
+            raise MambaOutError(f"{folder} is not a CIFAR folder ({' or '.join(CIFAR_LAYOUTS)})")
+        train_files, test_files, meta, label_key, names_key = CIFAR_LAYOUTS[folder.name]
+        data, labels = [], []
+        for name in train_files if split == "train" else test_files:
+            batch = self._read(folder / name)
+            try:
+                data.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels += [int(t) for t in batch[label_key]]
+            except (KeyError, ValueError, TypeError) as e:
+                raise MambaOutError(f"{folder / name}: not a CIFAR batch ({e})") from None
+        self.images = np.concatenate(data).transpose(0, 2, 3, 1)  # N, 32, 32, 3
+        self.targets = labels
+        if len(self.images) != len(labels):
+            raise MambaOutError(f"{folder}: {len(self.images)} images but {len(labels)} labels")
+        self.classes = [str(c) for c in self._read(folder / meta)[names_key]]
+        if labels and not 0 <= min(labels) <= max(labels) < len(self.classes):
+            raise MambaOutError(f"{folder}: labels outside 0..{len(self.classes) - 1}")
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.transform = transform
+
+    @staticmethod
+    def _read(path: Path) -> dict:
+        try:
+            with open(path, "rb") as f:
+                return _ArrayUnpickler(f, encoding="latin1").load()
+        except FileNotFoundError:
+            raise MambaOutError(f"CIFAR file missing: {path}") from None
+        except Exception as e:  # truncated, corrupt or foreign pickle
+            raise MambaOutError(f"cannot read CIFAR file {path}: {e}") from None
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i])
+        return (self.transform(img) if self.transform else img), self.targets[i]
+
+
 def build_datasets(data: Optional[str], img_size: int, train_tf=None, eval_tf=None,
                    train_split="train", val_split="val"):
-    """(train, val, class names) from an ImageFolder root, or the embedded digits set if None."""
+    """(train, val, class names) from an ImageFolder root, a CIFAR-10/100 folder (torchvision's
+    python format: train on the training batches, validate on the test batch), or the
+    embedded digits set if None."""
     if data is None:
         return (DigitsDataset("train", img_size, train_tf), DigitsDataset("val", img_size, eval_tf),
                 list(DigitsDataset.classes))
     root = Path(data)
     if not root.is_dir():
         raise MambaOutError(f"dataset folder not found: {root}")
+    cifar = find_cifar(root)
+    if cifar is not None:
+        train = CifarDataset(cifar, "train", train_tf)
+        return train, CifarDataset(cifar, "val", eval_tf), train.classes
     for split in (train_split, val_split):
         if not (root / split).is_dir():
             raise MambaOutError(f"{root} has no '{split}' folder (expected {root}/{train_split}/<class>/* "
