@@ -10,7 +10,12 @@ full-size gradients for every slice and split. Here instead:
 * Training (autograd on): fc1 runs as four GEMMs over row blocks of its weight
   (gate-for-identity, gate-for-conv, identity, conv) and fc2 as two over column
   blocks. Every activation is dense, the conv branch is channels-last in and out, and
-  only the small weight views are sliced. Gradients equal the reference's.
+  only the small weight views are sliced. In eager mode these GEMMs are custom autograd
+  Functions whose backward writes each block's weight gradient into its rows of one
+  buffer (autograd would zero-fill a full-size gradient per slice, copy and add), and
+  the depthwise conv's bias gradient is a plain sum (oneDNN's fused one costs more than
+  the weight gradient). Under tracing or torch.compile the same plan runs in plain ops.
+  Gradients equal the reference's.
 * Inference (autograd off): the LayerNorm affine is folded into fc1
   (W' = W diag(gamma), b' = b + W beta), and the weights are split into those row and
   column blocks once, cached per block and rebuilt whenever a weight changes (saved
@@ -93,10 +98,14 @@ def gated_cnn_fast(blk, x: torch.Tensor) -> torch.Tensor:
     """Forward of a GatedCNNBlock (x: B, H, W, C), equal to blk.forward_reference(x)."""
     if _inference_ok(blk, x):
         return _inference_onednn(blk, x) if _use_onednn(blk, x) else _inference(blk, x)
-    return _train(blk, x)
+    if torch.is_grad_enabled() and not _tracing():
+        return _train(blk, x)
+    return _graph(blk, x)
 
 
-def _train(blk, x):
+def _graph(blk, x):
+    """The training plan in plain ops, for what traces the graph (jit, ONNX export, fvcore,
+    torch.compile): the same GEMM blocks, with autograd's own backward."""
     hidden, ident, _ = blk.split_indices
     n = hidden + ident
     w1, b1, w2 = blk.fc1.weight, blk.fc1.bias, blk.fc2.weight
@@ -110,6 +119,140 @@ def _train(blk, x):
     if ident:
         y = y + F.linear(blk.act(fc1(0, ident)) * fc1(hidden, n), w2[:, :ident])
     return blk.drop_path(blk.ls(y)) + x
+
+
+def _train(blk, x):
+    """Training in eager mode: the GEMM blocks of _graph as custom autograd Functions whose
+    backward writes gradients in place instead of autograd's zero-fill + copy + add per slice."""
+    hidden, ident, cc = blk.split_indices
+    n = hidden + ident
+    xn = blk.norm(x)
+    # fc1 as GEMMs over row blocks of its weight: [gate-for-identity], gate-for-conv, [identity], conv
+    blocks = ((0, ident), (ident, hidden), (hidden, n), (n, n + cc)) if ident else ((0, hidden), (n, n + cc))
+    outs = RowBlockLinear.apply(xn, blk.fc1.weight, blk.fc1.bias, blocks)
+    c = _DepthwiseConv.apply(outs[-1].permute(0, 3, 1, 2), blk.conv.weight, blk.conv.bias,
+                             blk.conv.padding).permute(0, 2, 3, 1)  # channels-last in and out
+    gated = [blk.act(outs[1]) * c] if ident else [blk.act(outs[0]) * c]
+    cols = ((ident, hidden),)
+    if ident:
+        gated.append(blk.act(outs[0]) * outs[2])
+        cols += ((0, ident),)
+    y = ColumnBlockLinear.apply(blk.fc2.weight, blk.fc2.bias, cols, *gated)
+    return blk.drop_path(blk.ls(y)) + x
+
+
+def _autocast_inputs(*tensors):
+    """Under autocast, the tensors cast to its dtype (the Functions below then run with autocast
+    off and autograd casts their gradients back to the parameters' dtype); else unchanged."""
+    x = tensors[0]
+    if not _autocast(x):
+        return tensors
+    try:
+        dtype = torch.get_autocast_dtype(x.device.type)
+    except AttributeError:  # older torch
+        dtype = torch.get_autocast_gpu_dtype() if x.is_cuda else torch.get_autocast_cpu_dtype()
+    return tuple(t if t is None else t.to(dtype) for t in tensors)
+
+
+def _no_autocast(x):
+    return torch.autocast(x.device.type, enabled=False)
+
+
+class RowBlockLinear(torch.autograd.Function):
+    """x -> [x @ W[lo:hi].T + b[lo:hi] for each (lo, hi) block]: dense outputs, no split copies.
+
+    Autograd through sliced weights would zero-fill a full-size weight gradient per slice and
+    add them up; here each block's weight gradient is written straight into its rows and the
+    input gradient accumulates in one buffer."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, blocks):
+        x, weight, bias = _autocast_inputs(x, weight, bias)
+        ctx.save_for_backward(x, weight)
+        ctx.blocks, ctx.has_bias = blocks, bias is not None
+        with _no_autocast(x):
+            return tuple(F.linear(x, weight[lo:hi], None if bias is None else bias[lo:hi])
+                         for lo, hi in blocks)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, weight = ctx.saved_tensors
+        x2 = x.reshape(-1, x.shape[-1])
+        gx = gw = gb = None
+        if ctx.needs_input_grad[1]:
+            gw = torch.zeros_like(weight) if any(g is None for g in grads) else torch.empty_like(weight)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = weight.new_zeros(weight.shape[0])
+        for (lo, hi), g in zip(ctx.blocks, grads):
+            if g is None:
+                continue
+            g2 = g.reshape(-1, hi - lo)
+            if ctx.needs_input_grad[0]:
+                gx = g2 @ weight[lo:hi] if gx is None else gx.addmm_(g2, weight[lo:hi])
+            if gw is not None:
+                torch.mm(g2.t(), x2, out=gw[lo:hi])
+            if gb is not None:
+                torch.sum(g2, 0, out=gb[lo:hi])
+        if gx is not None:
+            gx = gx.view(x.shape)
+        return gx, gw, gb, None
+
+
+class ColumnBlockLinear(torch.autograd.Function):
+    """sum_k inputs[k] @ W[:, lo_k:hi_k].T + b: fc2 over the gated parts without concatenating them."""
+
+    @staticmethod
+    def forward(ctx, weight, bias, cols, *inputs):
+        weight, bias, *inputs = _autocast_inputs(weight, bias, *inputs)
+        ctx.save_for_backward(weight, *inputs)
+        ctx.cols, ctx.has_bias = cols, bias is not None
+        y = None
+        with _no_autocast(weight):
+            for (lo, hi), m in zip(cols, inputs):
+                part = weight[:, lo:hi]
+                if y is None:
+                    y = F.linear(m, part, bias)
+                else:
+                    y.view(-1, y.shape[-1]).addmm_(m.reshape(-1, hi - lo), part.t())
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        weight, *inputs = ctx.saved_tensors
+        gy2 = gy.reshape(-1, gy.shape[-1])
+        gw = gb = None
+        if ctx.needs_input_grad[0]:  # (W^T)'s row blocks are contiguous: fill them, transpose once
+            gwt = weight.new_empty(weight.shape[1], weight.shape[0])
+            for (lo, hi), m in zip(ctx.cols, inputs):
+                torch.mm(m.reshape(-1, hi - lo).t(), gy2, out=gwt[lo:hi])
+            gw = gwt.t().contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[1]:
+            gb = gy2.sum(0)
+        gins = [(gy2 @ weight[:, lo:hi]).view(m.shape) if ctx.needs_input_grad[3 + k] else None
+                for k, ((lo, hi), m) in enumerate(zip(ctx.cols, inputs))]
+        return (gw, gb, None, *gins)
+
+
+class _DepthwiseConv(torch.autograd.Function):
+    """Depthwise stride-1 conv whose backward takes the bias gradient as a plain sum: on CPU
+    oneDNN's fused bias gradient costs more than the weight gradient itself."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        x, weight, bias = _autocast_inputs(x, weight, bias)
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        with _no_autocast(x):
+            return F.conv2d(x, weight, bias, 1, padding, 1, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False]
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            gy, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], weight.shape[0], mask)
+        gb = gy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None
 
 
 def _layer_scale_residual(blk, y, x2):
