@@ -71,7 +71,7 @@ def load_for_inference(checkpoint=None, model_name: Optional[str] = None, pretra
             if model_name and get_variant(model_name).name != get_variant(name).name:
                 raise MambaOutError(f"checkpoint {checkpoint} holds {name}, not {model_name}")
             recipe = obj.get("recipe", {})
-            model = create_model(name, num_classes=int(obj["num_classes"]))
+            model = create_model(name, num_classes=int(obj["num_classes"]), img_size=obj.get("img_size"))
             fit_state_dict(model, dict(obj["model"]), source=f"checkpoint {checkpoint}")
             info = {"model_name": name, "num_classes": int(obj["num_classes"]),
                     "class_names": obj.get("class_names"), "img_size": obj.get("img_size"),

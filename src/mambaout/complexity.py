@@ -9,9 +9,10 @@ no fvcore dependency, and we run on the meta device: no memory, no compute.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from decimal import ROUND_HALF_UP, Decimal
 from math import prod
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -73,6 +74,9 @@ HANDLERS: Dict[object, Callable] = {
 }
 
 
+_ACTIVE: List["MacCounter"] = []   # counters currently entered, innermost last
+
+
 class MacCounter(TorchDispatchMode):
     """Counts MACs of every op dispatched inside it, in total and per module-free op name."""
 
@@ -80,16 +84,56 @@ class MacCounter(TorchDispatchMode):
         super().__init__()
         self.total = 0
         self.by_op: Dict[str, int] = {}
+        self._paused = 0                  # > 0 inside declare_macs regions
+
+    def __enter__(self):
+        _ACTIVE.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _ACTIVE.remove(self)
+        return super().__exit__(*exc)
+
+    def add(self, name: str, macs: int):
+        self.total += macs
+        self.by_op[name] = self.by_op.get(name, 0) + macs
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if self._paused:
+            return out
         handler = HANDLERS.get(func.overloadpacket)
         if handler is not None:
             macs = int(handler(args, out if isinstance(out, torch.Tensor) else out[0]))
-            self.total += macs
-            name = func.overloadpacket.__name__
-            self.by_op[name] = self.by_op.get(name, 0) + macs
+            self.add(func.overloadpacket.__name__, macs)
         return out
+
+
+def declare_macs(macs: int, name: str = "selective_scan"):
+    """Context manager for a module whose MACs follow a convention rather than its ops.
+
+    While a MacCounter is active, the ops inside are not counted and `macs` is added
+    instead, under by_op[name] (the selective scan: the paper counts it with VMamba's
+    formula, whatever matmuls our chunked implementation uses). Nested declarations count
+    only the outermost. Without an active counter it does nothing.
+    """
+    if not _ACTIVE:
+        return nullcontext()
+    return _declared(list(_ACTIVE), int(macs), name)
+
+
+@contextmanager
+def _declared(counters, macs, name):
+    for c in counters:
+        c._paused += 1
+    try:
+        yield
+    finally:
+        for c in counters:
+            c._paused -= 1
+    for c in counters:
+        if not c._paused:
+            c.add(name, macs)
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -132,12 +176,16 @@ def round_half_up(value: float, digits: int = 1) -> float:
     return float(Decimal(repr(value)).quantize(q, rounding=ROUND_HALF_UP))
 
 
-def measure(name: str, img_size: int = 224, **model_kwargs) -> dict:
-    """Params and MACs of a named variant, built directly on the meta device."""
-    from .models import create_model
+def measure(name: str, img_size: Optional[int] = None, **model_kwargs) -> dict:
+    """Params and MACs of a named variant at `img_size` (default: its own input size, 224 or
+    32 for the CIFAR study models), built directly on the meta device. macs_g is rounded
+    like the paper's tables: one decimal, three below 1G (Table 8 prints MACs in M)."""
+    from .models import create_model, get_variant
+    img_size = img_size or get_variant(name).input_size
     with torch.device("meta"):
-        model = create_model(name, **model_kwargs)
+        model = create_model(name, img_size=img_size, **model_kwargs)
     params = count_params(model)
     macs = count_macs(model, img_size)
     return {"model": name, "img_size": img_size, "params": params, "macs": macs,
-            "params_m": round_half_up(params / 1e6), "macs_g": round_half_up(macs / 1e9)}
+            "params_m": round_half_up(params / 1e6),
+            "macs_g": round_half_up(macs / 1e9, 1 if macs >= 1e9 else 3)}

@@ -138,7 +138,8 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
     val_loader = make_eval_loader(val_set, d, opts.val_batch_size or 2 * recipe.batch_size, opts.workers)
 
     # ---- model --------------------------------------------------------------------------------
-    model = create_model(recipe.model, num_classes=num_classes, drop_path_rate=recipe.drop_path_rate(),
+    model = create_model(recipe.model, num_classes=num_classes, img_size=recipe.img_size,
+                         drop_path_rate=recipe.drop_path_rate(),
                          drop_rate=recipe.drop, pretrained=opts.pretrained and resume_obj is None,
                          checkpoint_path=opts.initial_checkpoint if resume_obj is None else None)
     if opts.grad_checkpointing:

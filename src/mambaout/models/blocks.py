@@ -45,19 +45,27 @@ class GatedCNNBlock(nn.Module):
         conv_ratio: conv_channels = int(conv_ratio * dim); the depthwise conv
             only sees these channels (partial-channel convolution).
         ls_init_value: layer-scale init; None disables layer scale.
+        conv_channels: overrides conv_ratio with an exact channel count.
+        mixer_layer: optional second token mixer applied to the conv output
+            (channels -> module on (B, H, W, channels)); Table 7's hybrids, see hybrid.py.
     """
 
     def __init__(self, dim, expansion_ratio=8 / 3, kernel_size=7, conv_ratio=1.0,
-                 ls_init_value=None, act_layer=nn.GELU, norm_layer=LayerNorm, drop_path=0.0):
+                 ls_init_value=None, act_layer=nn.GELU, norm_layer=LayerNorm, drop_path=0.0,
+                 conv_channels=None, mixer_layer=None):
         super().__init__()
         self.norm = norm_layer(dim)
         hidden = int(expansion_ratio * dim)
         self.fc1 = nn.Linear(dim, hidden * 2)
         self.act = act_layer()
-        conv_channels = int(conv_ratio * dim)
+        if conv_channels is None:
+            conv_channels = int(conv_ratio * dim)
+        if not 0 < conv_channels <= hidden:
+            raise ValueError(f"conv channels must be in 1..{hidden}, got {conv_channels}")
         self.split_indices = (hidden, hidden - conv_channels, conv_channels)
         self.conv = nn.Conv2d(conv_channels, conv_channels, kernel_size=kernel_size,
                               padding=kernel_size // 2, groups=conv_channels)
+        self.mixer = mixer_layer(conv_channels) if mixer_layer is not None else None
         self.fc2 = nn.Linear(hidden, dim)
         self.ls = LayerScale(dim, init_values=ls_init_value) if ls_init_value is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -65,7 +73,7 @@ class GatedCNNBlock(nn.Module):
     fast = True  # use the fast path (models/fast.py); False runs the reference below
 
     def forward(self, x):
-        if self.fast:
+        if self.fast and self.mixer is None:
             return gated_cnn_fast(self, x)
         return self.forward_reference(x)
 
@@ -74,6 +82,8 @@ class GatedCNNBlock(nn.Module):
         x = self.norm(x)
         g, i, c = torch.split(self.fc1(x), self.split_indices, dim=-1)
         c = nchw_to_nhwc(self.conv(nhwc_to_nchw(c)))
+        if self.mixer is not None:  # Table 7 hybrids only: attention or SSM after the conv
+            c = self.mixer(c)
         x = self.fc2(self.act(g) * torch.cat((i, c), dim=-1))
         x = self.ls(x)
         return self.drop_path(x) + shortcut

@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import ACTIVATIONS, Downsample, GatedCNNBlock, MlpHead, nhwc_to_nchw, Stem
 from .fast import _compiling
+from .hybrid import stage_block_kwargs
 
 
 def _eager_features(model, x):
@@ -58,17 +59,22 @@ class MambaOut(nn.Module):
         act: activation of the blocks and stem ("gelu", "gelu_tanh", "silu"); the head uses GELU.
         drop_path_rate: peak stochastic depth, linearly increasing over all blocks.
         drop_rate: dropout before the classifier.
+        stage_mixers: per stage, a second token mixer after the conv: "" (none, MambaOut),
+            "attn" or "ssm" (Table 7's hybrids, see hybrid.py).
     """
 
     def __init__(self, in_chans=3, num_classes=1000, depths=(3, 3, 9, 3), dims=(96, 192, 384, 576),
                  expansion_ratio=8 / 3, kernel_size=7, conv_ratio=1.0, ls_init_value=None,
                  stem_mid_norm=True, downsample="conv", head="mlp", act="gelu",
-                 drop_path_rate=0.0, drop_rate=0.0, global_pool="avg", block_fn=GatedCNNBlock):
+                 drop_path_rate=0.0, drop_rate=0.0, global_pool="avg", block_fn=GatedCNNBlock,
+                 stage_mixers=("", "", "", "")):
         super().__init__()
         if head not in ("mlp", "norm_mlp"):
             raise ValueError(f"head must be 'mlp' or 'norm_mlp', got {head!r}")
         if downsample not in ("conv", "conv_nf"):
             raise ValueError(f"downsample must be 'conv' or 'conv_nf', got {downsample!r}")
+        if len(stage_mixers) != len(depths):
+            raise ValueError(f"stage_mixers needs one entry per stage ({len(depths)}), got {stage_mixers!r}")
         act_layer = ACTIVATIONS[act]
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -84,7 +90,8 @@ class MambaOut(nn.Module):
                 prev_dim, dim, depth, downsample=downsample if i > 0 else None,
                 drop_path=rates[start:start + depth], block_fn=block_fn,
                 expansion_ratio=expansion_ratio, kernel_size=kernel_size, conv_ratio=conv_ratio,
-                ls_init_value=ls_init_value, act_layer=act_layer))
+                ls_init_value=ls_init_value, act_layer=act_layer,
+                **stage_block_kwargs(stage_mixers[i], dim, expansion_ratio)))
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
             prev_dim, start = dim, start + depth
 
@@ -98,7 +105,7 @@ class MambaOut(nn.Module):
 
     @staticmethod
     def _init_weights(m):
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and not getattr(m, "_keep_init", False):
             trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

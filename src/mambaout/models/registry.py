@@ -45,6 +45,9 @@ def get_variant(name: str) -> Variant:
     return VARIANTS[base]
 
 
+FIRST_CONV = {"mambaout": "stem.conv1", "mambaout_iso": "stem.conv", "isotropic": "patch_embed.proj"}
+
+
 def pretrained_cfg(name: str) -> dict:
     """Input size, normalisation and crop of the (default or named) released weights."""
     v = get_variant(name)
@@ -54,33 +57,54 @@ def pretrained_cfg(name: str) -> dict:
     elif tag not in v.hub_tags:
         raise UnknownModelError(f"no pretrained tag '{tag}' for {v.name}; available: "
                                 + (", ".join(v.hub_tags) or "none"))
+    size = v.input_size
+    test_size = 288 if v.arch == "mambaout" else size
     cfg = dict(architecture=v.name, tag=tag, hf_hub_id=f"timm/{v.name}.{tag}" if tag else None,
-               official_url=v.official_url, num_classes=1000, input_size=(3, 224, 224),
-               test_input_size=(3, 288, 288), pool_size=(7, 7), crop_pct=1.0, crop_mode="center",
+               official_url=v.official_url, num_classes=v.num_classes, input_size=(3, size, size),
+               test_input_size=(3, test_size, test_size), pool_size=(size // 32, size // 32),
+               crop_pct=1.0, crop_mode="center",
                interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-               first_conv="stem.conv1", classifier="head.fc", license="apache-2.0")
+               first_conv=FIRST_CONV[v.arch], classifier="head" if v.arch == "isotropic" else "head.fc",
+               license="apache-2.0")
     cfg.update(v.tag_cfgs.get(tag, {}))
     return cfg
 
 
+def model_class(v: Variant):
+    if v.arch == "mambaout":
+        return MambaOut
+    from .isotropic import IsotropicMambaOut, IsotropicNet
+    return {"mambaout_iso": IsotropicMambaOut, "isotropic": IsotropicNet}[v.arch]
+
+
 def model_kwargs(v: Variant) -> dict:
-    return dict(depths=v.depths, dims=v.dims, expansion_ratio=v.expansion_ratio,
-                kernel_size=v.kernel_size, conv_ratio=v.conv_ratio, ls_init_value=v.ls_init_value,
-                stem_mid_norm=v.stem_mid_norm, downsample=v.downsample, head=v.head, act=v.act)
+    """Constructor arguments of a variant's model class."""
+    if v.arch == "mambaout":
+        return dict(depths=v.depths, dims=v.dims, expansion_ratio=v.expansion_ratio,
+                    kernel_size=v.kernel_size, conv_ratio=v.conv_ratio, ls_init_value=v.ls_init_value,
+                    stem_mid_norm=v.stem_mid_norm, downsample=v.downsample, head=v.head, act=v.act,
+                    stage_mixers=v.stage_mixers)
+    if v.arch == "mambaout_iso":
+        return dict(depth=v.depths[0], dim=v.dims[0], expansion_ratio=v.expansion_ratio,
+                    kernel_size=v.kernel_size, **v.extra)
+    return dict(img_size=v.input_size, depth=v.depths[0], dim=v.dims[0], **v.extra)
 
 
 def create_model(name: str, pretrained: bool = False, num_classes: Optional[int] = None,
                  in_chans: int = 3, drop_path_rate: Optional[float] = None,
-                 checkpoint_path=None, **overrides) -> MambaOut:
-    """Build a MambaOut variant by name ('mambaout_tiny' or 'mambaout_tiny.in1k').
+                 checkpoint_path=None, img_size: Optional[int] = None, **overrides):
+    """Build a model of the variant table by name ('mambaout_tiny' or 'mambaout_tiny.in1k').
 
     pretrained: load the released timm hub weights (cached by huggingface_hub).
-    num_classes: classifier size (default 1000, or the tag's own, e.g. 11821 for in12k);
+    num_classes: classifier size (default: the variant's, 1000 for ImageNet models and 10 for
+        the CIFAR study models, or the tag's own, e.g. 11821 for in12k);
         with weights of another class count the backbone loads and the classifier is
         re-initialised.
     drop_path_rate: stochastic depth; None means 0 (use the variant's training value
         via `mambaout.models.VARIANTS[name].drop_path` when training).
     checkpoint_path: a local checkpoint (timm or official layout, .pth/.safetensors).
+    img_size: input size the model is built for; only the ViT-like models with a position
+        embedding need it (default: the variant's input size), the others take any size.
     overrides: any MambaOut constructor argument (kernel_size, conv_ratio, drop_rate, ...).
     """
     v = get_variant(name)
@@ -90,12 +114,14 @@ def create_model(name: str, pretrained: bool = False, num_classes: Optional[int]
     if not isinstance(num_classes, int) or num_classes < 0:
         raise MambaOutError(f"num_classes must be a non-negative integer, got {num_classes!r}")
     kwargs = model_kwargs(v)
-    unknown = set(overrides) - set(MambaOut.__init__.__code__.co_varnames)
+    cls = model_class(v)
+    unknown = set(overrides) - set(cls.__init__.__code__.co_varnames)
     if unknown:
         raise MambaOutError(f"unknown model option(s): {', '.join(sorted(unknown))}")
     kwargs.update(overrides)
-    model = MambaOut(in_chans=in_chans, num_classes=num_classes,
-                     drop_path_rate=drop_path_rate or 0.0, **kwargs)
+    if img_size is not None and v.arch == "isotropic":
+        kwargs["img_size"] = img_size
+    model = cls(in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate or 0.0, **kwargs)
     model.pretrained_cfg = dict(cfg, num_classes=num_classes)
     model.variant = v.name
     if pretrained and checkpoint_path is None:

@@ -1,10 +1,17 @@
-"""The MambaOut variant table: every model this package builds is one row here.
+"""The variant table: every model this package builds is one row here.
 
 The registry, `mambaout models`, the docs and the tests all read this table.
 Paper numbers are the specification: Table 1 of the supplementary (femto, tiny,
-small, base) and the official README (kobe). The ``_rw`` rows are the community
-variants trained by Ross Wightman for timm; their configurations are facts read
-from timm's registry and they have no paper numbers.
+small, base), the official README (kobe), and the ablations and comparison models
+of Tables 3, 5, 6, 7, 8 and 11. The ``_rw`` rows are the community variants trained
+by Ross Wightman for timm; their configurations are facts read from timm's registry
+and they have no paper numbers.
+
+Three architectures (``arch``): "mambaout", the 4-stage hierarchical model
+(mambaout.py); "mambaout_iso", the isotropic MambaOut of Table 5; and "isotropic",
+the ViT-like study models of Tables 8 and 11 with a conv, attention or SSM token
+mixer (isotropic.py). For the isotropic ones ``depths`` and ``dims`` hold one entry
+and ``extra`` the constructor arguments the hierarchical model does not have.
 """
 from __future__ import annotations
 
@@ -39,6 +46,12 @@ class Variant:
     source: str = "Table 1"
     # Per-tag pretrained cfg overrides (crop_pct, input size, class count).
     tag_cfgs: dict = field(default_factory=dict)
+    arch: str = "mambaout"              # "mambaout" | "mambaout_iso" | "isotropic"
+    stage_mixers: Tuple[str, ...] = ("", "", "", "")  # Table 7 hybrids: "", "attn", "ssm"
+    extra: dict = field(default_factory=dict)          # further constructor arguments
+    input_size: int = 224               # default (train / test) image size
+    paper_cifar: Optional[Tuple[float, float]] = None  # Table 8: CIFAR-10 / CIFAR-100 top-1
+    num_classes: int = 1000             # default classifier size
 
 
 _RW = dict(stem_mid_norm=False, downsample="conv_nf", ls_init_value=1e-6, head="norm_mlp",
@@ -82,3 +95,62 @@ VARIANTS = {v.name: v for v in [
                       "sw_e150_in12k": {"num_classes": 11821}},
             **_RW),
 ]}
+
+# Table 3: kernel size of the depthwise conv in MambaOut-Tiny (k7 is mambaout_tiny).
+_K_PAPER = {3: (26, 4.4), 5: (26, 4.4), 7: (27, 4.5), 9: (27, 4.5), 11: (27, 4.6)}
+for _k, (_p, _m) in _K_PAPER.items():
+    VARIANTS[f"mambaout_tiny_k{_k}"] = Variant(
+        f"mambaout_tiny_k{_k}", (3, 3, 9, 3), (96, 192, 384, 576), kernel_size=_k, drop_path=0.2,
+        paper_params_m=_p, paper_macs_g=_m, paper_top1={3: 82.2, 5: 82.6, 7: 82.7, 9: 82.9, 11: 82.8}[_k],
+        source="Table 3")
+
+_TINY = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 576), drop_path=0.2)
+
+
+def _vit(size, dim, heads, causal, top1, **paper):
+    """Table 11: ViT with fully-visible or causal attention (class token last when causal)."""
+    return Variant(f"vit_{size}_p16" + ("_causal" if causal else ""), (12,), (dim,), arch="isotropic",
+                   drop_path=0.1, extra={"patch_size": 16, "mixer": "attn", "num_heads": heads,
+                                         "causal": causal, "pool": "cls"},
+                   paper_top1=top1, source="Table 11", **paper)
+
+
+def _study(mixer, dim, suffix="", paper=None, **opts):
+    """Table 8: 12 isotropic layers, patch 4 on 32x32 (CIFAR), one token mixer."""
+    numbers = dict(zip(("paper_params_m", "paper_macs_g", "paper_cifar"), paper or ()))
+    return Variant(f"study_{mixer}{suffix}_d{dim}", (12,), (dim,), arch="isotropic", input_size=32,
+                   num_classes=10, extra={"patch_size": 4, "mixer": mixer, **opts},
+                   source="Table 8", **numbers)
+
+
+for _v in [
+    # Table 6: as many blocks as VMamba-T, expansion 4 to match its MACs.
+    Variant("mambaout_t15", (2, 2, 9, 2), (96, 192, 384, 576), expansion_ratio=4.0, drop_path=0.2,
+            paper_params_m=32, paper_macs_g=5.5, paper_top1=82.9, source="Table 6"),
+    # Table 5: isotropic MambaOut-S; 18 blocks derived from the table (see isotropic.py).
+    Variant("mambaout_s_iso", (18,), (384,), drop_path=0.1, arch="mambaout_iso",
+            extra={"patch_size": 16}, paper_params_m=24, paper_macs_g=4.3, paper_top1=80.5,
+            source="Table 5"),
+    # Table 7: conv + attention / conv + selective SSM in stages 3 and 4 (see hybrid.py).
+    Variant("mambaout_attn_tiny", **_TINY, stage_mixers=("", "", "attn", "attn"),
+            paper_params_m=26, paper_macs_g=4.7, paper_top1=83.3, source="Table 7"),
+    Variant("vmamba_mixed_stage_tiny", **_TINY, stage_mixers=("", "", "ssm", "ssm"),
+            paper_params_m=28, paper_macs_g=5.2, paper_top1=82.1, source="Table 7"),
+    _vit("tiny", 192, 3, False, 72.2),
+    _vit("tiny", 192, 3, True, 70.6),
+    _vit("small", 384, 6, False, 79.8, paper_params_m=22, paper_macs_g=4.6),  # also Table 5
+    _vit("small", 384, 6, True, 78.9),
+    # Table 8 (paper: params M, MACs G, (CIFAR-10, CIFAR-100) top-1), plus causal / bidirectional
+    # variants the study compares against.
+    _study("conv", 64, paper=(0.7, 0.043, (79.8, 52.1))),
+    _study("attn", 64, paper=(0.7, 0.045, (77.3, 50.8))),
+    _study("attn", 64, "_causal", causal=True),
+    _study("ssm", 64, paper=(0.7, 0.056, (76.1, 47.0))),
+    _study("ssm", 64, "_bi", bidirectional=True),
+    _study("conv", 192, paper=(6.0, 0.357, (88.9, 68.5))),
+    _study("attn", 192, paper=(6.0, 0.361, (86.9, 66.8))),
+    _study("attn", 192, "_causal", causal=True),
+    _study("ssm", 192, paper=(6.0, 0.399, (86.3, 63.1))),
+    _study("ssm", 192, "_bi", bidirectional=True),
+]:
+    VARIANTS[_v.name] = _v

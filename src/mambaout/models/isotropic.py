@@ -1,0 +1,367 @@
+"""Isotropic (ViT-like) models: the token-mixer study of Table 8, the causal vs
+fully-visible ViTs of Table 11, and the isotropic MambaOut of Table 5.
+
+`IsotropicNet` (Tables 8 and 11)
+    patch embedding (conv, kernel = stride = patch) -> learnable position embedding ->
+    `depth` residual layers, each  x + mixer(LN(x))  then  x + MLP(LN(x))  (MLP ratio 4,
+    GELU) -> final LN -> pooling (token mean, or a class token) -> Linear head.
+    Token mixers, as the paper describes them:
+      "conv": the Mamba block without gate and SSM:
+              Linear(D, 2D) -> 7x7 depthwise conv over the token grid -> Linear(2D, D).
+      "attn": ViT multi-head self-attention (qkv Linear(D, 3D), proj Linear(D, D));
+              causal=True masks attention to earlier tokens (raster order).
+      "ssm":  the Mamba block without gate and conv:
+              Linear(D, 2D) -> selective SSM (d_state 16, dt_rank ceil(D / 16)) -> Linear(2D, D).
+              Causal; bidirectional=True adds a reversed scan (Vim).
+
+    Table 8 (CIFAR, 32x32, patch 4 -> 64 tokens, 12 layers, mean pooling), with the
+    MAC counter of complexity.py (fvcore convention; the scan per VMamba's formula):
+
+        mixer             dim   params    MACs      paper
+        conv               64   0.684M    43.3M     0.7M  43M
+        attn (+causal)     64   0.608M    44.7M     0.7M  45M
+        ssm                64   0.696M    56.6M     0.7M  56M
+        ssm bidirectional  64   0.785M    74.8M     -
+        conv              192   5.59M    356.3M     6M   357M
+        attn (+causal)    192   5.36M    360.7M     6M   361M
+        ssm               192   5.70M    401.1M     6M   399M
+        ssm bidirectional 192   6.04M    460.4M     -
+
+    The attention model cannot reach the table's 0.7M / 6M with a standard ViT layer:
+    qkv (3D^2) + proj (D^2) + MLP (8D^2) is 12D^2 per layer, the same as the conv and
+    SSM layers' two Linears (4D^2) and MLP (8D^2) but without their depthwise conv
+    (2D * 49 + 2D) or SSM (x_proj, dt_proj, A, D: 116D at D=64) parameters. 12 layers
+    of 12 * 64^2 are 0.59M, so 0.61M in all, which rounds to 0.6M, and 5.36M at D=192
+    (the paper prints "6M" for all three). We keep the standard layer rather than
+    inflate it to match.
+
+    Table 11 (ImageNet, 224x224, patch 16, depth 12, class token): ViT-T (D 192,
+    3 heads) 5.72M params / 1.26G MACs; ViT-S (D 384, 6 heads) 22.05M / 4.61G (Table 5:
+    22M, 4.6G). In fully-visible mode the class token comes first, as in ViT; in causal
+    mode it comes LAST, as in iLLaMA, so that it attends to every patch.
+
+    Our choices: heads default to max(2, D // 64) (D 64: 2 heads of 32; D 192: 3 of
+    64, as ViT-T); no activation inside the conv and SSM mixers (Mamba's SiLU follows
+    its causal conv, which these mixers do not have, and the paper names none); LayerNorm
+    eps 1e-6 everywhere; qkv with bias, as ViT. Parameter names follow timm's
+    VisionTransformer (patch_embed.proj, cls_token, pos_embed, blocks.N.{norm1, attn.qkv,
+    attn.proj, norm2, mlp.fc1, mlp.fc2}, norm, head), so the fully-visible ViT-T/S load
+    timm's ViT weights; the conv and SSM mixers sit under blocks.N.mixer.
+
+`IsotropicMambaOut` (Table 5, MambaOut-S iso.)
+    patch-16 conv stem (Conv2d(3, 384, 16, stride 16)) -> LayerNorm -> N Gated CNN
+    blocks (dim 384, expansion 8/3, kernel 7) -> the hierarchical model's MLP head.
+    The table gives 24M params and 4.3G MACs but not how many blocks. One block has
+    1.202M params (LN 768 + fc1 384*2048+2048 + dwconv 384*49+384 + fc2 1024*384+384)
+    and 235.3M MACs at 14x14 = 196 tokens (per token: LN 5*384 + fc1 384*2048 + dwconv
+    384*49 + fc2 1024*384 = 1.2M); the stem has 0.296M params / 58.2M MACs and the head
+    2.132M / 2.1M. N = 18 gives 21.64 + 0.30 + 2.13 = 24.07M params and 4.235 + 0.058 +
+    0.002 = 4.295G MACs (24M, 4.3G); N = 17 gives 22.86M / 4.06G and N = 19 25.27M /
+    4.53G. The "residual blocks" column of Table 5 also says 18.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch.utils.checkpoint import checkpoint
+
+from .blocks import GatedCNNBlock, LayerNorm, MlpHead, nchw_to_nhwc
+from .ssm import SelectiveSSM
+
+Grid = Tuple[int, int]
+
+
+def _init_weights(m: nn.Module):
+    """trunc_normal(0.02) weights and zero biases for Linear/Conv; SSM dt_proj kept."""
+    if isinstance(m, (nn.Linear, nn.Conv2d)) and not getattr(m, "_keep_init", False):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+# ---- token mixers: (batch, L, D) -> (batch, L, D) -------------------------------------
+
+class ConvMixer(nn.Module):
+    """Mamba block without gate and SSM: Linear(D, 2D) -> depthwise conv -> Linear(2D, D)."""
+
+    def __init__(self, dim: int, kernel_size: int = 7):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.conv = nn.Conv2d(2 * dim, 2 * dim, kernel_size, padding=kernel_size // 2, groups=2 * dim)
+        self.fc2 = nn.Linear(2 * dim, dim)
+
+    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        x = self.fc1(x).transpose(1, 2).reshape(x.shape[0], -1, *grid)   # tokens in raster order
+        x = self.conv(x).flatten(2).transpose(1, 2)
+        return self.fc2(x)
+
+
+class Attention(nn.Module):
+    """ViT multi-head self-attention; `causal` lets token t see tokens <= t only."""
+
+    def __init__(self, dim: int, num_heads: int, causal: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.causal = causal
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, grid: Optional[Grid] = None) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+class SSMMixer(nn.Module):
+    """Mamba block without gate and conv: Linear(D, 2D) -> selective SSM -> Linear(2D, D)."""
+
+    def __init__(self, dim: int, d_state: int = 16, bidirectional: bool = False):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.ssm = SelectiveSSM(2 * dim, d_state=d_state, dt_rank=math.ceil(dim / 16),
+                                bidirectional=bidirectional)
+        self.fc2 = nn.Linear(2 * dim, dim)
+
+    def forward(self, x: torch.Tensor, grid: Optional[Grid] = None) -> torch.Tensor:
+        return self.fc2(self.ssm(self.fc1(x)))
+
+
+class IsotropicLayer(nn.Module):
+    """x + mixer(LN(x)), then x + MLP(LN(x)) (pre-norm Transformer layer)."""
+
+    def __init__(self, dim: int, mixer: nn.Module, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = LayerNorm(dim)
+        # timm's name for attention, so that ViT checkpoints load; "mixer" for the others.
+        self.mixer_name = "attn" if isinstance(mixer, Attention) else "mixer"
+        self.add_module(self.mixer_name, mixer)
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        x = x + self.drop_path(getattr(self, self.mixer_name)(self.norm1(x), grid))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Conv with kernel = stride = patch size; NCHW image -> (B, H/p, W/p, D)."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nchw_to_nhwc(self.proj(x))
+
+
+class _ClassifierAPI:
+    """timm-style helpers shared by both isotropic models (need self.blocks)."""
+
+    grad_checkpointing = False
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    def _run_blocks(self, x, *args):
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for blk in self.blocks:
+                x = checkpoint(blk, x, *args, use_reentrant=False)
+            return x
+        for blk in self.blocks:
+            x = blk(x, *args)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class IsotropicNet(_ClassifierAPI, nn.Module):
+    """ViT-like isotropic model with a conv, attention or selective-SSM token mixer.
+
+    See the module docstring for the architecture, the Table 8 / 11 numbers and our
+    choices. Args:
+        mixer: "conv", "attn" or "ssm".
+        dim, depth, patch_size, img_size: width, layers, patch size and the image size
+            the position embedding is made for (inputs must have that size).
+        num_heads: attention heads (default max(2, dim // 64)).
+        causal: causal attention ("attn" only).
+        bidirectional: add a reversed scan ("ssm" only; otherwise the SSM is causal).
+        pool: "avg" (mean over patch tokens) or "cls" (a class token; first in
+            fully-visible mode, last when the mixer is causal).
+        kernel_size: depthwise conv kernel ("conv"); d_state: SSM state size ("ssm").
+        drop_path_rate: stochastic depth, linear over the layers; drop_rate: dropout
+            before the head.
+    """
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 1000, mixer: str = "attn",
+                 dim: int = 192, depth: int = 12, patch_size: int = 16, img_size: int = 224,
+                 num_heads: Optional[int] = None, causal: bool = False, bidirectional: bool = False,
+                 pool: str = "avg", mlp_ratio: float = 4.0, kernel_size: int = 7, d_state: int = 16,
+                 drop_path_rate: float = 0.0, drop_rate: float = 0.0):
+        super().__init__()
+        if mixer not in ("conv", "attn", "ssm"):
+            raise ValueError(f"mixer must be 'conv', 'attn' or 'ssm', got {mixer!r}")
+        if pool not in ("avg", "cls"):
+            raise ValueError(f"pool must be 'avg' or 'cls', got {pool!r}")
+        if causal and mixer != "attn":
+            raise ValueError("causal=True applies to the 'attn' mixer (the 'ssm' one is causal "
+                             "unless bidirectional)")
+        if bidirectional and mixer != "ssm":
+            raise ValueError("bidirectional=True applies to the 'ssm' mixer only")
+        if pool == "cls" and mixer == "conv":
+            raise ValueError("the 'conv' mixer works on the token grid; use pool='avg'")
+        img = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if img[0] % patch_size or img[1] % patch_size:
+            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = dim
+        self.mixer = mixer
+        self.grid = (img[0] // patch_size, img[1] // patch_size)
+        self.global_pool = pool
+        self.causal = causal or (mixer == "ssm" and not bidirectional)
+        num_heads = num_heads or max(2, dim // 64)
+
+        self.patch_embed = PatchEmbed(in_chans, dim, patch_size)
+        n_tokens = self.grid[0] * self.grid[1]
+        if pool == "cls":
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+            n_tokens += 1
+        else:
+            self.cls_token = None
+        self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, dim))
+
+        def make_mixer():
+            if mixer == "conv":
+                return ConvMixer(dim, kernel_size)
+            if mixer == "attn":
+                return Attention(dim, num_heads, causal=causal)
+            return SSMMixer(dim, d_state=d_state, bidirectional=bidirectional)
+
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
+        self.blocks = nn.ModuleList([IsotropicLayer(dim, make_mixer(), mlp_ratio, r) for r in rates])
+        self.norm = LayerNorm(dim)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.pretrained_cfg: dict = {}
+
+        self.apply(_init_weights)
+        trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            trunc_normal_(self.cls_token, std=0.02)
+
+    def _cls_index(self) -> int:
+        return -1 if self.causal else 0
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        """New head for `num_classes` (0 = none); global_pool "avg" or "cls" (needs a class token)."""
+        if global_pool is not None:
+            if global_pool not in ("avg", "cls") or (global_pool == "cls" and self.cls_token is None):
+                raise ValueError(f"global_pool {global_pool!r} not available for this model")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        device, dtype = self.pos_embed.device, self.pos_embed.dtype
+        self.head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype) \
+            if num_classes > 0 else nn.Identity()
+        _init_weights(self.head)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """NCHW image -> normalised tokens (B, L, D), class token included if any."""
+        x = self.patch_embed(x)
+        grid = tuple(x.shape[1:3])
+        if grid != self.grid:
+            raise ValueError(f"input gives a {grid[0]}x{grid[1]} token grid; this model's position "
+                             f"embedding is for {self.grid[0]}x{self.grid[1]}")
+        x = x.flatten(1, 2)
+        if self.cls_token is not None:
+            cls = self.cls_token.expand(x.shape[0], -1, -1)
+            x = torch.cat((x, cls) if self.causal else (cls, x), dim=1)
+        x = self._run_blocks(x + self.pos_embed, grid)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "cls":
+            x = x[:, self._cls_index()]
+        elif self.cls_token is not None:                  # mean over the patch tokens only
+            x = (x[:, :-1] if self.causal else x[:, 1:]).mean(1)
+        else:
+            x = x.mean(1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+
+class PatchStem(nn.Module):
+    """Patch conv then LayerNorm: NCHW image -> NHWC map at stride `patch_size`."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
+        self.norm = LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(nchw_to_nhwc(self.conv(x)))
+
+
+class IsotropicMambaOut(_ClassifierAPI, nn.Module):
+    """Isotropic MambaOut (Table 5, MambaOut-S iso.): patch stem -> Gated CNN blocks -> MLP head.
+
+    The derivation of depth 18 from the table's 24M params / 4.3G MACs is in the module
+    docstring. Any input size divisible by the patch size works (no position embedding).
+    Args:
+        depth, dim, patch_size: blocks, width (384) and patch size (16).
+        expansion_ratio, kernel_size, conv_ratio: Gated CNN block options (8/3, 7, 1.0).
+        drop_path_rate: stochastic depth, linear over the blocks; drop_rate: head dropout.
+        img_size: accepted for a uniform constructor; unused.
+    """
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 1000, depth: int = 18, dim: int = 384,
+                 patch_size: int = 16, expansion_ratio: float = 8 / 3, kernel_size: int = 7,
+                 conv_ratio: float = 1.0, drop_path_rate: float = 0.0, drop_rate: float = 0.0,
+                 img_size=None, global_pool: str = "avg"):
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_features = dim
+        self.stem = PatchStem(in_chans, dim, patch_size)
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
+        self.blocks = nn.Sequential(*[
+            GatedCNNBlock(dim, expansion_ratio=expansion_ratio, kernel_size=kernel_size,
+                          conv_ratio=conv_ratio, drop_path=r) for r in rates])
+        self.head = MlpHead(dim, num_classes, drop_rate=drop_rate, global_pool=global_pool)
+        self.head_hidden_size = self.head.num_features
+        self.pretrained_cfg: dict = {}
+        self.apply(_init_weights)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        """Replace the last fc with a fresh one for `num_classes` (0 = no fc)."""
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+        if num_classes > 0:
+            _init_weights(self.head.fc)
+            w = self.head.pre_logits.fc.weight
+            self.head.fc.to(w.device, w.dtype)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """NCHW image -> NHWC feature map at stride `patch_size`."""
+        return self._run_blocks(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)

@@ -1,0 +1,305 @@
+"""Mamba's selective state space model (S6) in pure PyTorch.
+
+The paper (Table 8) compares a pure SSM token mixer with convolution and attention;
+this module provides that SSM. The recurrence, per channel c and state index n:
+
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
+    y_t = <C_t, h_t> + D * u_t
+
+with delta, B and C computed from the input ("selective"), B and C shared across
+channels, A a negative real (S4D-real) matrix of shape (channels, d_state), as in
+Mamba (Gu and Dao, 2023).
+
+Two implementations with the same results:
+
+* `selective_scan_ref`: the recurrence, one step per token. Short and obviously
+  right; the tests hold the chunked one to it.
+* `selective_scan`: chunked. Inside a chunk of T tokens every output is computed at
+  once from segment sums of the log-decays,
+      h_t = exp(S_t) h_0 + sum_{s<=t} exp(S_t - S_s) delta_s B_s u_s,
+  and the state is carried from chunk to chunk in a Python loop. The segment sums
+  are accumulated directly (a masked cumsum of delta, never a difference of two
+  cumsums, so no cancellation), and exp only ever sees non-positive numbers.
+
+Which is faster depends on the size of one step's state, batch * channels * N. The
+recurrence does the least arithmetic but one step of Python per token; the chunked
+scan does (T + 1) / 2 times the elementwise work in T times fewer steps. Forward ms on
+a 2-core CPU (d_state 16; `python -m mambaout.models.ssm` reruns it: medians of
+interleaved runs), recurrence vs chunks of 2 / 4 / 16:
+
+    (batch, L, channels)   recurrence   T=2    T=4    T=16
+    (1, 64, 128)               4.2       1.8    1.8    3.8
+    (2, 64, 384)               9.1       7.6    9.0   22.4
+    (8, 64, 128)               8.2      10.5   10.2   28.0
+    (64, 64, 384)             72.5     198    220    933
+    (1, 1024, 128)            68.1      20.5   21.7   47.2
+
+(Shared machine: absolute numbers vary by up to 30% between runs, the ordering did
+not; forward + backward ranks the same way.) So `SelectiveSSM` by default runs the
+recurrence on CPU once a step's state reaches RECURRENCE_STATE (2^14) elements, and
+the chunked scan otherwise and off CPU, where we expect (not measured here) the
+recurrence's L sequential steps of small kernels to cost most.
+
+MACs: the counter (complexity.py) would otherwise count whatever matmuls the chunked
+scan happens to use. The paper's Table 8 SSM numbers fit VMamba's convention for the
+selective scan, 9 * L * C * N plus L * C for the D skip per direction, so
+`SelectiveSSM` declares that number for the scan (complexity.declare_macs); its x_proj
+and dt_proj count as ordinary Linear layers.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .. import complexity
+
+# Tokens per chunk. A chunk's decays are a (batch, T (T + 1) / 2, channels, d_state)
+# tensor: the work grows with T while the Python loop shrinks with it. 2 was the fastest
+# on a 2-core CPU at every size we measured, 4 close behind (table above).
+DEFAULT_CHUNK = 2
+# SelectiveSSM's default on CPU: the recurrence from this many state elements per step.
+RECURRENCE_STATE = 2 ** 14
+
+# selective_scan computes this many decay elements at a time at most (16 MiB in float32)...
+GROUP_ELEMENTS = 2 ** 22
+# ...and by default recomputes them in backward once the whole sequence has more than this.
+RECOMPUTE_ELEMENTS = 2 ** 24
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None):
+    """Reference selective scan: the recurrence, one step per token.
+
+    u, delta: (batch, L, channels); A: (channels, N); B, C: (batch, L, N); D: (channels,).
+    Returns y: (batch, L, channels).
+    """
+    batch, length, channels = u.shape
+    h = u.new_zeros(batch, channels, A.shape[1])
+    ys = []
+    # unbind, not x[:, t] in the loop: the backward of L selects would zero-fill and
+    # accumulate a full-size gradient L times; unbind's backward is one stack.
+    for d_t, u_t, B_t, C_t in zip(delta.unbind(1), u.unbind(1), B.unbind(1), C.unbind(1)):
+        decay = torch.exp(d_t.unsqueeze(-1) * A)                             # (batch, ch, N)
+        h = decay * h + (d_t * u_t).unsqueeze(-1) * B_t.unsqueeze(1)
+        ys.append(torch.einsum("bcn,bn->bc", h, C_t))
+    y = torch.stack(ys, dim=1)
+    return y if D is None else y + u * D
+
+
+def selective_scan(u, delta, A, B, C, D=None, chunk: int = DEFAULT_CHUNK,
+                   recompute: Optional[bool] = None):
+    """Chunked selective scan; same arguments and result as `selective_scan_ref`.
+
+    The sequence is cut into chunks of `chunk` tokens (the last one zero-padded: a token
+    with delta = 0 neither decays the state nor adds to it). Within a chunk all outputs
+    are computed at once from segment sums of the log-decays; a loop over the chunks
+    carries the state across chunk borders. Chunks are processed in groups (all of a
+    group's chunks at once) whose decay tensor stays under GROUP_ELEMENTS: on CPU a
+    tensor above glibc's mmap threshold is page-faulted afresh on every use.
+
+    recompute: keep only each group's inputs for backward and recompute the group there
+        (activation checkpointing), so that the decays never outlive the forward; they
+        take (chunk + 1) / 2 times the memory of all the states. Default (None): when
+        autograd records and the decays of the whole sequence exceed RECOMPUTE_ELEMENTS.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    batch, length, channels = u.shape
+    T, N = chunk, A.shape[1]
+    K = -(-length // T)                                          # number of chunks
+    skip = None if D is None else u * D
+    if K * T != length:
+        u, delta, B, C = (F.pad(x, (0, 0, 0, K * T - length)) for x in (u, delta, B, C))
+    u, delta = u.reshape(batch, K, T, channels), delta.reshape(batch, K, T, channels)
+    B, C = B.reshape(batch, K, T, N), C.reshape(batch, K, T, N)
+
+    pairs = T * (T + 1) // 2                                     # (t, s) with s <= t
+    per_chunk = batch * pairs * channels * N
+    group = max(1, GROUP_ELEMENTS // per_chunk)
+    if recompute is None:
+        recompute = per_chunk * K > RECOMPUTE_ELEMENTS and torch.is_grad_enabled() and any(
+            t.requires_grad for t in (u, delta, A, B, C))
+    h = u.new_zeros(batch, channels, N)
+    ys = []
+    for k in range(0, K, group):
+        args = (u[:, k:k + group], delta[:, k:k + group], A, B[:, k:k + group],
+                C[:, k:k + group], h)
+        y, h = checkpoint(_scan_chunks, *args, use_reentrant=False) if recompute \
+            else _scan_chunks(*args)
+        ys.append(y)
+    y = (torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]).reshape(batch, K * T, channels)
+    y = y[:, :length]
+    return y if skip is None else y + skip
+
+
+def _scan_chunks(u, delta, A, B, C, h):
+    """A group of chunks: u, delta (b, k, T, c); B, C (b, k, T, N); h (b, c, N) the state
+    before the group. Returns the outputs (b, k, T, c) and the state after the group."""
+    T = u.shape[2]
+    # Segment sums seg[t, s] = sum_{s < i <= t} delta[i] (per batch, chunk, channel): the
+    # log-decay from token s to token t is seg * A <= 0. A masked cumsum over t, so each
+    # entry is a sum of its own terms, never a difference of two large cumsums. Only the
+    # pairs s <= t are kept, packed row by row along one axis p: nothing above the
+    # diagonal is ever exponentiated.
+    t_idx, s_idx = torch.tril_indices(T, T, device=u.device)
+    after_s = torch.ones(T, T, dtype=torch.bool, device=u.device).tril(-1)   # i > s
+    steps = delta.unsqueeze(3).expand(-1, -1, -1, T, -1).masked_fill(~after_s[:, :, None], 0)
+    seg = steps.cumsum(dim=2)[:, :, t_idx, s_idx]              # (b, k, p, c)
+    decay = (seg.unsqueeze(-1) * A).exp_()                     # (b, k, p, c, N)
+
+    # Outputs from inside each chunk (zero incoming state):
+    # y[t] = sum_{s <= t} (sum_n C[t, n] decay[t, s, :, n] B[s, n]) * (delta u)[s].
+    # Contracting N first keeps the decays the only tensor with both p and N.
+    du = delta * u
+    cb = (C[:, :, t_idx] * B[:, :, s_idx]).unsqueeze(-1)        # (b, k, p, N, 1)
+    w = torch.matmul(decay, cb).squeeze(-1)                     # (b, k, p, c)
+    y = torch.zeros_like(du).index_add_(2, t_idx, w * du[:, :, s_idx])
+
+    # A chunk's end state from zero start uses the decays to its last token (the last T
+    # pairs); the whole chunk decays an incoming state by exp(sum(delta) * A).
+    local_end = (decay[:, :, -T:] * (du.unsqueeze(-1) * B.unsqueeze(3))).sum(2)  # (b, k, c, N)
+    from_start = (delta.cumsum(dim=2).unsqueeze(-1) * A).exp()  # (b, k, t, c, N)
+    incoming = []
+    for chunk_decay, chunk_end in zip(from_start[:, :, -1].unbind(1), local_end.unbind(1)):
+        incoming.append(h)
+        h = chunk_decay * h + chunk_end
+    h0 = torch.stack(incoming, dim=1).unsqueeze(2)              # (b, k, 1, c, N)
+    y = y + torch.matmul(from_start * h0, C.unsqueeze(-1)).squeeze(-1)
+    return y, h
+
+
+def scan_macs(batch: int, length: int, channels: int, d_state: int) -> int:
+    """VMamba's selective-scan convention: 9*L*C*N + L*C (D skip), per direction."""
+    return batch * length * channels * (9 * d_state + 1)
+
+
+def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    return x + torch.log(-torch.expm1(-x))
+
+
+class SelectiveSSM(nn.Module):
+    """Mamba's selective SSM as a token mixer on (batch, L, channels) sequences.
+
+    Parameters and their initialisation follow Mamba:
+      x_proj: Linear(channels, dt_rank + 2 * d_state, bias=False) -> (dt, B, C);
+      dt_proj: Linear(dt_rank, channels); delta = softplus(dt_proj(dt)); its bias is the
+          inverse softplus of dt drawn log-uniformly in [dt_min, dt_max] (floored at
+          dt_init_floor), its weight uniform in +-dt_rank**-0.5;
+      A = -exp(A_log), A_log = log(1..d_state) for every channel (S4D-real); D = 1.
+    dt_rank: Mamba uses ceil(d_model / 16) of the model width while the SSM runs on the
+        expanded inner channels, so callers pass it; default ceil(channels / 16).
+    bidirectional: a second, independent set of parameters (x_proj_b, dt_proj_b, A_log_b,
+        D_b) scans the reversed sequence and the two outputs are summed, as in Vim.
+        Otherwise the mixer is causal: output t depends on tokens <= t only.
+    chunk: tokens per chunk of the chunked scan; 0 runs the recurrence; None (default)
+        picks per call: the recurrence on CPU when batch * dim * d_state reaches
+        RECURRENCE_STATE, else chunks of DEFAULT_CHUNK. Results do not depend on it.
+
+    Our choices: the scan runs in float32 whatever the input dtype (as Mamba's kernel
+    does) and the output is cast back; the model-level init skips dt_proj (flagged with
+    `_keep_init`) so that Mamba's dt init survives.
+    """
+
+    def __init__(self, dim: int, d_state: int = 16, dt_rank: Optional[int] = None,
+                 bidirectional: bool = False, chunk: Optional[int] = None,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4):
+        super().__init__()
+        self.dim = dim
+        self.d_state = d_state
+        self.dt_rank = dt_rank if dt_rank is not None else math.ceil(dim / 16)
+        self.bidirectional = bidirectional
+        self.chunk = chunk
+        self._dt_range = (dt_min, dt_max, dt_init_floor)
+        for sfx in ("", "_b") if bidirectional else ("",):
+            self.add_module("x_proj" + sfx, nn.Linear(dim, self.dt_rank + 2 * d_state, bias=False))
+            dt_proj = nn.Linear(self.dt_rank, dim)
+            dt_proj._keep_init = True
+            self.add_module("dt_proj" + sfx, dt_proj)
+            self.register_parameter("A_log" + sfx, nn.Parameter(torch.empty(dim, d_state)))
+            self.register_parameter("D" + sfx, nn.Parameter(torch.empty(dim)))
+        self.reset_parameters()
+
+    def _suffixes(self):
+        return ("", "_b") if self.bidirectional else ("",)
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """Mamba's init of dt_proj, A_log and D (x_proj keeps nn.Linear's default)."""
+        dt_min, dt_max, floor = self._dt_range
+        for sfx in self._suffixes():
+            dt_proj = getattr(self, "dt_proj" + sfx)
+            bound = self.dt_rank ** -0.5
+            nn.init.uniform_(dt_proj.weight, -bound, bound)
+            device = dt_proj.bias.device
+            log_dt = torch.rand(self.dim, device=device) * (math.log(dt_max) - math.log(dt_min)) \
+                + math.log(dt_min)
+            dt_proj.bias.copy_(_inverse_softplus(log_dt.exp().clamp(min=floor)))
+            arange = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=device)
+            getattr(self, "A_log" + sfx).copy_(arange.log().expand(self.dim, -1))
+            getattr(self, "D" + sfx).fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._scan(x, "")
+        if self.bidirectional:
+            y = y + self._scan(x.flip(1), "_b").flip(1)
+        return y
+
+    def _scan(self, x: torch.Tensor, sfx: str) -> torch.Tensor:
+        dt, B, C = getattr(self, "x_proj" + sfx)(x).split(
+            [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(getattr(self, "dt_proj" + sfx)(dt))
+        A = -torch.exp(getattr(self, "A_log" + sfx).float())
+        batch, length, channels = x.shape
+        chunk = self.chunk
+        if chunk is None:
+            big = batch * channels * self.d_state >= RECURRENCE_STATE
+            chunk = 0 if big and x.device.type == "cpu" else DEFAULT_CHUNK
+        args = (x.float(), delta.float(), A, B.float(), C.float(), getattr(self, "D" + sfx).float())
+        with complexity.declare_macs(scan_macs(batch, length, channels, self.d_state)):
+            y = selective_scan(*args, chunk=chunk) if chunk else selective_scan_ref(*args)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, d_state={self.d_state}, dt_rank={self.dt_rank}, "
+                f"bidirectional={self.bidirectional}, chunk={self.chunk}")
+
+
+def compare_scans(shapes=((1, 64, 128), (2, 64, 384), (8, 64, 128), (64, 64, 384), (1, 1024, 128)),
+                  chunks=(2, 4, 16), d_state=16, repeats=9, backward=False):
+    """Median ms of the recurrence and the chunked scan per shape, timed interleaved."""
+    import time
+    results = {}
+    for batch, length, channels in shapes:
+        g = torch.Generator().manual_seed(0)
+        args = [torch.randn(batch, length, channels, generator=g),
+                F.softplus(torch.randn(batch, length, channels, generator=g) - 2),
+                -torch.rand(channels, d_state, generator=g) * 16 - 0.1,
+                torch.randn(batch, length, d_state, generator=g),
+                torch.randn(batch, length, d_state, generator=g), torch.randn(channels, generator=g)]
+        if backward:
+            args = [a.requires_grad_() for a in args]
+        fns = {"recurrence": lambda: selective_scan_ref(*args)}
+        fns.update({f"T={t}": (lambda t=t: selective_scan(*args, chunk=t)) for t in chunks})
+        times = {name: [] for name in fns}
+        with torch.set_grad_enabled(backward):
+            for i in range(repeats + 1):
+                for name, fn in fns.items():
+                    start = time.perf_counter()
+                    y = fn()
+                    if backward:
+                        y.sum().backward()
+                    if i:                                   # the first round warms up
+                        times[name].append((time.perf_counter() - start) * 1e3)
+        results[(batch, length, channels)] = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return results
+
+
+if __name__ == "__main__":
+    import sys
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ms (median)")
+    for shape, row in compare_scans(backward="--backward" in sys.argv).items():
+        print(shape, "  ".join(f"{k} {v:.1f}" for k, v in row.items()))
