@@ -19,6 +19,10 @@ def _fmt(v, digits=1):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _fmt_g(v):  # MACs in G: one decimal, three for the small study models (Table 8 prints M)
+    return "-" if v is None else f"{v:.1f}" if v >= 1 else f"{v:.3f}"
+
+
 def cmd_models(args) -> int:
     from .complexity import measure
     from .models import VARIANTS, list_models
@@ -32,21 +36,22 @@ def cmd_models(args) -> int:
                          drop_path=v.drop_path, paper_params_m=v.paper_params_m,
                          paper_macs_g=v.paper_macs_g, paper_top1=v.paper_top1,
                          params=m["params"], macs=m["macs"], params_m=m["params_m"],
-                         macs_g=m["macs_g"], weights=[f"{name}.{t}" for t in v.hub_tags],
-                         source=v.source))
+                         macs_g=m["macs_g"], img_size=m["img_size"],
+                         weights=[f"{name}.{t}" for t in v.hub_tags], source=v.source))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    head = (f"{'model':<24}{'depths':<16}{'dims':<22}{'paper P(M)':>11}{'P(M)':>8}"
-            f"{'paper MACs(G)':>15}{'MACs(G)':>9}{'paper top-1':>13}  weights")
-    print(f"MambaOut variants: params and MACs measured at {args.img_size}x{args.img_size} "
-          f"(MACs: fvcore convention, rounded half up), next to the paper's numbers")
+    head = (f"{'model':<24}{'depths':<16}{'dims':<22}{'size':>5}{'paper P(M)':>11}{'P(M)':>8}"
+            f"{'paper MACs(G)':>15}{'MACs(G)':>9}{'paper top-1':>13}  {'source':<18}weights")
+    print("Variants: params and MACs measured at each model's input size (--img-size to change; "
+          "MACs: fvcore convention, rounded half up), next to the paper's numbers")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['model']:<24}{str(tuple(r['depths'])):<16}{str(tuple(r['dims'])):<22}"
-              f"{_fmt(r['paper_params_m']):>11}{r['params_m']:>8.1f}{_fmt(r['paper_macs_g']):>15}"
-              f"{r['macs_g']:>9.1f}{_fmt(r['paper_top1']):>13}  {', '.join(r['weights'])}")
+        print(f"{r['model']:<24}{str(tuple(r['depths'])):<16}{str(tuple(r['dims'])):<22}{r['img_size']:>5}"
+              f"{_fmt(r['paper_params_m']):>11}{r['params_m']:>8.1f}{_fmt_g(r['paper_macs_g']):>15}"
+              f"{_fmt_g(r['macs_g']):>9}{_fmt(r['paper_top1']):>13}  {r['source']:<18}"
+              f"{', '.join(r['weights'])}")
     return 0
 
 
@@ -54,7 +59,7 @@ def cmd_complexity(args) -> int:
     from .complexity import measure
     from .models import get_variant
     get_variant(args.model)
-    if args.img_size <= 0:
+    if args.img_size is not None and args.img_size <= 0:
         raise MambaOutError(f"--img-size must be positive, got {args.img_size}")
     kw = {} if args.num_classes is None else {"num_classes": args.num_classes}
     m = measure(args.model, args.img_size, **kw)
@@ -63,7 +68,7 @@ def cmd_complexity(args) -> int:
     else:
         print(f"{m['model']} at {m['img_size']}x{m['img_size']}: {m['params']:,} params "
               f"({m['params_m']:.1f}M), {m['macs']:,} MACs ({m['macs'] / 1e9:.3f}G, "
-              f"{m['macs_g']:.1f}G rounded half up)")
+              f"{_fmt_g(m['macs_g'])}G rounded half up)")
     return 0
 
 
@@ -104,7 +109,11 @@ def recipe_from_args(args):
         changes["auto_augment"] = None
     if args.model_ema:
         changes["model_ema"] = True
-    return replace(recipe, **changes)
+    recipe = replace(recipe, **changes)
+    if args.data and args.img_size is None:  # the model's own size (32 for the CIFAR study models)
+        from .models import get_variant
+        recipe.img_size = get_variant(recipe.model).input_size
+    return recipe
 
 
 def cmd_train(args) -> int:
@@ -242,13 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("models", help="the variant table: paper vs measured params/MACs")
     s.add_argument("pattern", nargs="?", help="shell-style filter, e.g. '*base*'")
-    s.add_argument("--img-size", type=int, default=224)
+    s.add_argument("--img-size", type=int, help="default: each model's own (224; 32 for study_*)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("complexity", help="measure params and MACs of one model")
     s.add_argument("model")
-    s.add_argument("--img-size", type=int, default=224)
+    s.add_argument("--img-size", type=int, help="default: the model's own (224; 32 for study_*)")
     s.add_argument("--num-classes", type=int, default=None)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_complexity)
