@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from mambaout.complexity import count_macs, count_params, round_half_up
+from mambaout.errors import MambaOutError
 from mambaout.models.isotropic import IsotropicMambaOut, IsotropicNet
 
 # Table 8: dim -> mixer -> (params M, MACs M) as printed in the paper.
@@ -168,7 +169,7 @@ def test_isotropic_mambaout_any_size_and_api():
 def test_isotropic_net_api_and_errors():
     model = study("ssm", depth=2, drop_rate=0.1)
     _check_api(model, torch.randn(2, 3, 32, 32))
-    with pytest.raises(ValueError, match="token grid"):
+    with pytest.raises(MambaOutError, match="token grid"):
         model(torch.randn(1, 3, 64, 64))
     for bad in (dict(mixer="mlp"), dict(mixer="conv", causal=True), dict(mixer="attn", bidirectional=True),
                 dict(mixer="conv", pool="cls"), dict(pool="max"), dict(img_size=30)):

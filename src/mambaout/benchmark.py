@@ -60,18 +60,21 @@ def _amp_dtype(precision):
 def build_impls(model_name: str, compare: List[str], s: Settings, yardstick: bool) -> List[Impl]:
     from .models import create_model, get_variant
     name = get_variant(model_name).name
-    ours = create_model(name)
+    ours = create_model(name, img_size=s.img_size)
     impls = [Impl("mambaout", name, ours)]
     for c in compare:
         if c == "timm":
             import timm
+            if not timm.is_model(name):
+                raise MambaOutError(f"timm has no {name}; --compare timm works for the MambaOut "
+                                    f"variants timm ships (see `timm.list_models('mambaout*')`)")
             ref = timm.create_model(name)
             ref.load_state_dict(ours.state_dict())
             impls.append(Impl("timm", name, ref))
             if yardstick:
                 impls.append(Impl("timm:convnext_tiny", "convnext_tiny", timm.create_model("convnext_tiny")))
         elif c == "reference":
-            ref = create_model(name)
+            ref = create_model(name, img_size=s.img_size)
             ref.load_state_dict(ours.state_dict())
             for m in ref.modules():
                 if hasattr(m, "fast"):

@@ -27,6 +27,8 @@ full-size gradients for every slice and split. Here instead:
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -54,6 +56,8 @@ def _autocast(x: torch.Tensor) -> bool:
         return torch.is_autocast_enabled(x.device.type)
     except TypeError:  # older torch: no device argument
         return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+    except RuntimeError:  # a device autocast does not know (meta)
+        return False
 
 
 _ONEDNN_ACT = {("GELU", "none"): ("gelu", "none"), ("GELU", "tanh"): ("gelu", "tanh"), ("SiLU", None): ("swish", "")}
@@ -155,7 +159,7 @@ def _autocast_inputs(*tensors):
 
 
 def _no_autocast(x):
-    return torch.autocast(x.device.type, enabled=False)
+    return torch.autocast(x.device.type, enabled=False) if _autocast(x) else contextlib.nullcontext()
 
 
 class RowBlockLinear(torch.autograd.Function):

@@ -70,6 +70,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import MambaOutError
 from .blocks import GatedCNNBlock, LayerNorm, MlpHead, nchw_to_nhwc
 from .ssm import SelectiveSSM
 
@@ -228,6 +229,7 @@ class IsotropicNet(_ClassifierAPI, nn.Module):
         self.num_features = self.head_hidden_size = dim
         self.mixer = mixer
         self.grid = (img[0] // patch_size, img[1] // patch_size)
+        self.patch_size = patch_size
         self.global_pool = pool
         self.causal = causal or (mixer == "ssm" and not bidirectional)
         num_heads = num_heads or max(2, dim // 64)
@@ -284,8 +286,9 @@ class IsotropicNet(_ClassifierAPI, nn.Module):
         x = self.patch_embed(x)
         grid = tuple(x.shape[1:3])
         if grid != self.grid:
-            raise ValueError(f"input gives a {grid[0]}x{grid[1]} token grid; this model's position "
-                             f"embedding is for {self.grid[0]}x{self.grid[1]}")
+            raise MambaOutError(f"input gives a {grid[0]}x{grid[1]} token grid; this model's "
+                                f"position embedding is for {self.grid[0]}x{self.grid[1]} (build it "
+                                f"with img_size={grid[0] * self.patch_size})")
         x = x.flatten(1, 2)
         if self.cls_token is not None:
             cls = self.cls_token.expand(x.shape[0], -1, -1)
