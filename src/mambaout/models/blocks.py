@@ -15,7 +15,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, LayerScale
+from timm.layers import DropPath, LayerScale, trunc_normal_
 
 from .fast import gated_cnn_fast
 
@@ -151,9 +151,15 @@ class MlpHead(nn.Module):
         self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
 
     def reset(self, num_classes, global_pool=None):
+        """A freshly initialised last fc for `num_classes` (0 = none), on the head's device/dtype."""
         if global_pool is not None:
             self.global_pool = global_pool
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            trunc_normal_(self.fc.weight, std=0.02)
+            nn.init.zeros_(self.fc.bias)
+            ref = self.pre_logits.fc.weight
+            self.fc.to(ref.device, ref.dtype)
 
     def forward(self, x, pre_logits: bool = False):
         if self.global_pool == "avg":

@@ -357,10 +357,6 @@ class IsotropicMambaOut(_ClassifierAPI, nn.Module):
         """Replace the last fc with a fresh one for `num_classes` (0 = no fc)."""
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
-        if num_classes > 0:
-            _init_weights(self.head.fc)
-            w = self.head.pre_logits.fc.weight
-            self.head.fc.to(w.device, w.dtype)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW image -> NHWC feature map at stride `patch_size`."""

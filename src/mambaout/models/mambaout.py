@@ -124,9 +124,6 @@ class MambaOut(nn.Module):
         """Replace the last fc with a freshly initialised one for `num_classes` (0 = no fc)."""
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
-        if num_classes > 0:
-            self._init_weights(self.head.fc)
-            self.head.fc.to(self.head.pre_logits.fc.weight.device, self.head.pre_logits.fc.weight.dtype)
 
     # CPU inference runs the batch in slices whose largest activation stays under this many
     # bytes. glibc mmaps every allocation above 32 MiB and the kernel page-faults it on each call,
