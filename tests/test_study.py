@@ -115,3 +115,12 @@ def test_train_command_accepts_a_cifar_folder(tmp_path, capsys):
     assert code == 0, err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["train_images"] == 200 and summary["val_images"] == 40 and summary["num_classes"] == 10
+
+
+def test_table_models_bad_sizes_are_one_line_errors(capsys):
+    code, _, err = run(capsys, "complexity", "study_conv_d64", "--img-size", "30")
+    assert code == 2 and "not divisible by patch_size" in err and len(err.strip().splitlines()) == 1
+    code, out, _ = run(capsys, "complexity", "vit_tiny_p16", "--img-size", "384", "--json")
+    assert code == 0 and json.loads(out)["img_size"] == 384
+    code, _, err = run(capsys, "benchmark", "--model", "study_conv_d64", "--compare", "timm")
+    assert code == 2 and "timm has no study_conv_d64" in err

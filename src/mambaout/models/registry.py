@@ -121,7 +121,10 @@ def create_model(name: str, pretrained: bool = False, num_classes: Optional[int]
     kwargs.update(overrides)
     if img_size is not None and v.arch == "isotropic":
         kwargs["img_size"] = img_size
-    model = cls(in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate or 0.0, **kwargs)
+    try:
+        model = cls(in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate or 0.0, **kwargs)
+    except ValueError as e:  # a configuration the architecture cannot take (sizes, options)
+        raise MambaOutError(f"{v.name}: {e}") from None
     model.pretrained_cfg = dict(cfg, num_classes=num_classes)
     model.variant = v.name
     if pretrained and checkpoint_path is None:
