@@ -124,3 +124,9 @@ def test_table_models_bad_sizes_are_one_line_errors(capsys):
     assert code == 0 and json.loads(out)["img_size"] == 384
     code, _, err = run(capsys, "benchmark", "--model", "study_conv_d64", "--compare", "timm")
     assert code == 2 and "timm has no study_conv_d64" in err
+
+
+def test_study_model_exports_at_its_fixed_size(tmp_path):
+    from mambaout.export import export
+    r = export("study_attn_causal_d64", "onnx", tmp_path / "s.onnx")
+    assert r["img_size"] == 32 and r["dynamic_size"] is False and r["max_abs_diff"] <= 1e-4

@@ -200,7 +200,7 @@ def cmd_export(args) -> int:
     else:
         parity = f", max abs diff vs PyTorch {r['max_abs_diff']:.2e}" if "max_abs_diff" in r else ""
         print(f"wrote {r['output']} ({r['format']}, {r['model']}, {r['num_classes']} classes, "
-              f"dynamic batch{' and image size' if r['format'] == 'onnx' else ''}{parity})")
+              f"dynamic batch{' and image size' if r['dynamic_size'] else ''}{parity})")
     return 0
 
 

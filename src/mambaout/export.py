@@ -115,22 +115,24 @@ def export(model_name: str, fmt: str, output, checkpoint=None, pretrained: bool 
     if checkpoint or pretrained:
         model, info = load_for_inference(checkpoint, model_name, pretrained)
     else:
-        model, info = create_model(model_name).eval(), {"img_size": None}
+        model, info = create_model(model_name, img_size=img_size).eval(), {"img_size": None}
     size = img_size or info.get("img_size") or model.pretrained_cfg["input_size"][-1]
     cfg = model.pretrained_cfg
+    # A learned position embedding (the ViT-like study models) fixes the image size.
+    dynamic_size = fmt == "onnx" and getattr(model, "pos_embed", None) is None
     if fmt == "onnx":
         meta = {"model_name": getattr(model, "variant", model_name), "num_classes": model.num_classes,
                 "class_names": info.get("class_names"), "img_size": size,
                 "crop_pct": info.get("crop_pct", cfg["crop_pct"]),
                 "interpolation": info.get("interpolation", cfg["interpolation"]),
                 "mean": list(cfg["mean"]), "std": list(cfg["std"])}
-        export_onnx(model, output, size, opset, metadata=meta)
+        export_onnx(model, output, size, opset, dynamic_size=dynamic_size, metadata=meta)
     else:
         export_torchscript(model, output, size)
     result = {"model": getattr(model, "variant", model_name), "format": fmt, "output": str(output),
-              "img_size": size, "num_classes": model.num_classes}
+              "img_size": size, "num_classes": model.num_classes, "dynamic_size": dynamic_size}
     if check:
-        small = max(32, size * 3 // 4 // 32 * 32)
+        small = max(32, size * 3 // 4 // 32 * 32) if getattr(model, "pos_embed", None) is None else size
         diff = check_parity(model, output, fmt, sizes=((2, size), (3, small)))
         result["max_abs_diff"] = diff
         if diff > PARITY_ATOL:
