@@ -212,6 +212,23 @@ def test_sigkill_sigterm_sigint_mid_epoch_resume_bitwise(tmp_path):
         assert (out / "steps.csv").read_text() == (ref / "steps.csv").read_text()
 
 
+def test_sigterm_to_the_whole_process_group_with_loader_workers(tmp_path):
+    """Slurm, `timeout` and Ctrl-C signal every process of the group, data workers included:
+    the run still saves last.pth and exits cleanly instead of dying of a killed worker."""
+    data = make_folder(tmp_path / "data", per_class=(27, 3))
+    out = tmp_path / "group"
+    args = tiny_args(data, out, "--epochs", "30")
+    args[args.index("-j") + 1] = "2"
+    p = _run_cli(args, start_new_session=True)
+    _wait_steps(out, 3, p)
+    os.killpg(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    assert (out / "last.pth").exists()
+
+
 def test_torchrun_two_processes_match_one_process(tmp_path):
     """2 processes x batch 8 (gloo) == 1 process x batch 16: same losses and final weights."""
     data = make_folder(tmp_path / "data", per_class=(16, 5))   # 15 val images: uneven shards

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .data import EvalShardSampler, collate_skip_bad, eval_transform
+from .data import EvalShardSampler, collate_skip_bad, eval_transform, worker_ignore_signals
 from .distributed import Dist, all_reduce_sum, setup
 from .errors import MambaOutError
 
@@ -48,7 +48,7 @@ def evaluate(model, loader, d: Dist, amp_dtype: Optional[torch.dtype] = None,
 def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int):
     return DataLoader(dataset, batch_size=batch_size, sampler=EvalShardSampler(len(dataset), d.rank, d.world),
                       num_workers=workers, collate_fn=collate_skip_bad, pin_memory=d.device.type == "cuda",
-                      persistent_workers=False)
+                      persistent_workers=False, worker_init_fn=worker_ignore_signals)
 
 
 def validate(checkpoint=None, model_name: Optional[str] = None, pretrained: bool = False,

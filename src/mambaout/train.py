@@ -30,7 +30,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
-from .data import ResumableSampler, SeededSamples, build_datasets, collate_skip_bad, eval_transform, train_transform
+from .data import (ResumableSampler, SeededSamples, build_datasets, collate_skip_bad, eval_transform,
+                   train_transform, worker_ignore_signals)
 from .data.datasets import sample_seed
 from .distributed import Dist, all_reduce_sum, cleanup, setup
 from .errors import CheckpointError, MambaOutError
@@ -134,7 +135,7 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
     loader = DataLoader(SeededSamples(train_set, recipe.seed), batch_size=recipe.batch_size,
                         sampler=sampler, num_workers=opts.workers, collate_fn=collate_skip_bad,
                         pin_memory=d.device.type == "cuda", drop_last=True,
-                        persistent_workers=False)
+                        persistent_workers=False, worker_init_fn=worker_ignore_signals)
     val_loader = make_eval_loader(val_set, d, opts.val_batch_size or 2 * recipe.batch_size, opts.workers)
 
     # ---- model --------------------------------------------------------------------------------

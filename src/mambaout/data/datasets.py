@@ -136,6 +136,16 @@ class SeededSamples(Dataset):
         return self.dataset[index]
 
 
+def worker_ignore_signals(_worker_id=None):
+    """DataLoader worker_init_fn: leave SIGTERM and SIGINT to the main process. A scheduler
+    (Slurm, `timeout`) or Ctrl-C signals the whole process group; a worker that died of it
+    would abort the main process before it could save its checkpoint and exit cleanly. The
+    workers still end with the main process (PyTorch's watchdog)."""
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def collate_skip_bad(batch):
     """Default collation after dropping unreadable samples; returns (images, targets, n_skipped)."""
     good = [b for b in batch if b is not None]
