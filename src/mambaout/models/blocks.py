@@ -168,3 +168,16 @@ class MlpHead(nn.Module):
             x = x.amax((1, 2))
         x = self.head_dropout(self.pre_logits(self.norm(x)))
         return x if pre_logits else self.fc(x)
+
+
+class MlpHeadClassifier:
+    """timm's classifier interface for models whose head is an MlpHead at `self.head`."""
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool=None):
+        """Replace the last fc with a freshly initialised one for `num_classes` (0 = no fc)."""
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)

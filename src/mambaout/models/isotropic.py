@@ -71,7 +71,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import MambaOutError
-from .blocks import GatedCNNBlock, LayerNorm, MlpHead, nchw_to_nhwc
+from .blocks import GatedCNNBlock, LayerNorm, MlpHead, MlpHeadClassifier, nchw_to_nhwc
 from .ssm import SelectiveSSM
 
 Grid = Tuple[int, int]
@@ -319,7 +319,7 @@ class PatchStem(nn.Module):
         return self.norm(nchw_to_nhwc(self.conv(x)))
 
 
-class IsotropicMambaOut(_ClassifierAPI, nn.Module):
+class IsotropicMambaOut(MlpHeadClassifier, _ClassifierAPI, nn.Module):
     """Isotropic MambaOut (Table 5, MambaOut-S iso.): patch stem -> Gated CNN blocks -> MLP head.
 
     The derivation of depth 18 from the table's 24M params / 4.3G MACs is in the module
@@ -348,15 +348,6 @@ class IsotropicMambaOut(_ClassifierAPI, nn.Module):
         self.head_hidden_size = self.head.num_features
         self.pretrained_cfg: dict = {}
         self.apply(_init_weights)
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        """Replace the last fc with a fresh one for `num_classes` (0 = no fc)."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW image -> NHWC feature map at stride `patch_size`."""

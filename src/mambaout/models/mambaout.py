@@ -12,7 +12,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import ACTIVATIONS, Downsample, GatedCNNBlock, MlpHead, nhwc_to_nchw, Stem
+from .blocks import ACTIVATIONS, Downsample, GatedCNNBlock, MlpHead, MlpHeadClassifier, nhwc_to_nchw, Stem
 from .fast import _compiling
 from .hybrid import stage_block_kwargs
 
@@ -47,7 +47,7 @@ class MambaOutStage(nn.Module):
         return self.blocks(x)
 
 
-class MambaOut(nn.Module):
+class MambaOut(MlpHeadClassifier, nn.Module):
     """MambaOut image classifier / backbone.
 
     Args:
@@ -115,15 +115,6 @@ class MambaOut(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True):
         for stage in self.stages:
             stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        """Replace the last fc with a freshly initialised one for `num_classes` (0 = no fc)."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
 
     # CPU inference runs the batch in slices whose largest activation stays under this many
     # bytes. glibc mmaps every allocation above 32 MiB and the kernel page-faults it on each call,
