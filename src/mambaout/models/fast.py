@@ -102,47 +102,47 @@ def gated_cnn_fast(blk, x: torch.Tensor) -> torch.Tensor:
     """Forward of a GatedCNNBlock (x: B, H, W, C), equal to blk.forward_reference(x)."""
     if _inference_ok(blk, x):
         return _inference_onednn(blk, x) if _use_onednn(blk, x) else _inference(blk, x)
-    if torch.is_grad_enabled() and not _tracing():
-        return _train(blk, x)
-    return _graph(blk, x)
+    # Eager training: the custom autograd Functions below. What traces the graph (jit, ONNX
+    # export, fvcore, torch.compile) gets the same plan in plain ops and autograd's backward.
+    return _train(blk, x, functions=torch.is_grad_enabled() and not _tracing())
 
 
-def _graph(blk, x):
-    """The training plan in plain ops, for what traces the graph (jit, ONNX export, fvcore,
-    torch.compile): the same GEMM blocks, with autograd's own backward."""
-    hidden, ident, _ = blk.split_indices
-    n = hidden + ident
-    w1, b1, w2 = blk.fc1.weight, blk.fc1.bias, blk.fc2.weight
-
-    def fc1(lo, hi):
-        return F.linear(xn, w1[lo:hi], None if b1 is None else b1[lo:hi])
-
-    xn = blk.norm(x)
-    c = blk.conv(fc1(n, None).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # channels-last in and out
-    y = F.linear(blk.act(fc1(ident, hidden)) * c, w2[:, ident:], blk.fc2.bias)
-    if ident:
-        y = y + F.linear(blk.act(fc1(0, ident)) * fc1(hidden, n), w2[:, :ident])
-    return blk.drop_path(blk.ls(y)) + x
-
-
-def _train(blk, x):
-    """Training in eager mode: the GEMM blocks of _graph as custom autograd Functions whose
-    backward writes gradients in place instead of autograd's zero-fill + copy + add per slice."""
+def _train(blk, x, functions: bool):
     hidden, ident, cc = blk.split_indices
     n = hidden + ident
+    rows, columns, depthwise = ((RowBlockLinear.apply, ColumnBlockLinear.apply, DepthwiseConv.apply)
+                                if functions else (_row_blocks, _column_blocks, _depthwise))
     xn = blk.norm(x)
     # fc1 as GEMMs over row blocks of its weight: [gate-for-identity], gate-for-conv, [identity], conv
     blocks = ((0, ident), (ident, hidden), (hidden, n), (n, n + cc)) if ident else ((0, hidden), (n, n + cc))
-    outs = RowBlockLinear.apply(xn, blk.fc1.weight, blk.fc1.bias, blocks)
-    c = _DepthwiseConv.apply(outs[-1].permute(0, 3, 1, 2), blk.conv.weight, blk.conv.bias,
-                             blk.conv.padding).permute(0, 2, 3, 1)  # channels-last in and out
+    outs = rows(xn, blk.fc1.weight, blk.fc1.bias, blocks)
+    c = depthwise(outs[-1].permute(0, 3, 1, 2), blk.conv.weight, blk.conv.bias,
+                  blk.conv.padding).permute(0, 2, 3, 1)  # channels-last in and out
     gated = [blk.act(outs[1]) * c] if ident else [blk.act(outs[0]) * c]
     cols = ((ident, hidden),)
     if ident:
         gated.append(blk.act(outs[0]) * outs[2])
         cols += ((0, ident),)
-    y = ColumnBlockLinear.apply(blk.fc2.weight, blk.fc2.bias, cols, *gated)
+    y = columns(blk.fc2.weight, blk.fc2.bias, cols, *gated)
     return blk.drop_path(blk.ls(y)) + x
+
+
+def _row_blocks(x, weight, bias, blocks):
+    """x -> [x @ W[lo:hi].T + b[lo:hi] for each (lo, hi) block] (plain ops)."""
+    return tuple(F.linear(x, weight[lo:hi], None if bias is None else bias[lo:hi]) for lo, hi in blocks)
+
+
+def _column_blocks(weight, bias, cols, *inputs):
+    """sum_k inputs[k] @ W[:, lo_k:hi_k].T + b (plain ops)."""
+    (lo, hi), *rest = cols
+    y = F.linear(inputs[0], weight[:, lo:hi], bias)
+    for (lo, hi), m in zip(rest, inputs[1:]):
+        y = y + F.linear(m, weight[:, lo:hi])
+    return y
+
+
+def _depthwise(x, weight, bias, padding):
+    return F.conv2d(x, weight, bias, 1, padding, 1, weight.shape[0])
 
 
 def _autocast_inputs(*tensors):
@@ -175,8 +175,7 @@ class RowBlockLinear(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.blocks, ctx.has_bias = blocks, bias is not None
         with _no_autocast(x):
-            return tuple(F.linear(x, weight[lo:hi], None if bias is None else bias[lo:hi])
-                         for lo, hi in blocks)
+            return _row_blocks(x, weight, bias, blocks)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -237,7 +236,7 @@ class ColumnBlockLinear(torch.autograd.Function):
         return (gw, gb, None, *gins)
 
 
-class _DepthwiseConv(torch.autograd.Function):
+class DepthwiseConv(torch.autograd.Function):
     """Depthwise stride-1 conv whose backward takes the bias gradient as a plain sum: on CPU
     oneDNN's fused bias gradient costs more than the weight gradient itself."""
 
@@ -247,7 +246,7 @@ class _DepthwiseConv(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.has_bias = padding, bias is not None
         with _no_autocast(x):
-            return F.conv2d(x, weight, bias, 1, padding, 1, weight.shape[0])
+            return _depthwise(x, weight, bias, padding)
 
     @staticmethod
     def backward(ctx, gy):
