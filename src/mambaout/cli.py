@@ -226,9 +226,6 @@ def cmd_study(args) -> int:
     study = Study(mixers=args.mixers, seeds=args.seeds, dim=args.dim, data=args.data,
                   output=args.output, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   device=args.device, workers=args.workers, progress=not args.no_progress)
-    for flag in ("epochs", "batch_size"):
-        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
-            raise MambaOutError(f"--{flag.replace('_', '-')} must be positive")
     rows = run_study(study, log=lambda msg: print(msg, flush=True))
     result = report(study, rows)
     print(result["table"])

@@ -85,6 +85,9 @@ def run_study(study: Study, log=print) -> List[dict]:
     from .train import RunOptions, train
     if not study.seeds:
         raise MambaOutError("give at least one seed")
+    for flag in ("epochs", "batch_size"):
+        if getattr(study, flag) is not None and getattr(study, flag) <= 0:
+            raise MambaOutError(f"--{flag.replace('_', '-')} must be positive")
     models = [model_for(m, study.dim) for m in study.mixers]
     if len(set(models)) != len(models):
         raise MambaOutError(f"a mixer is listed twice: {', '.join(study.mixers)}")
