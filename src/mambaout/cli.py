@@ -94,7 +94,7 @@ RECIPE_FLAGS = {
     "mixup": "mixup", "cutmix": "cutmix", "mixup_switch_prob": "mixup_switch_prob",
     "mixup_prob": "mixup_prob", "reprob": "reprob", "smoothing": "smoothing", "drop_path": "drop_path",
     "drop": "drop", "model_ema_decay": "model_ema_decay", "crop_pct": "crop_pct", "hflip": "hflip",
-    "seed": "seed",
+    "scale": "scale", "ratio": "ratio", "seed": "seed",
 }
 
 
@@ -103,8 +103,8 @@ def recipe_from_args(args):
     from dataclasses import replace
     from .recipe import Recipe, digits_recipe
     recipe = Recipe() if args.data else digits_recipe()
-    changes = {field: getattr(args, flag) for flag, field in RECIPE_FLAGS.items()
-               if getattr(args, flag, None) is not None}
+    changes = {field: tuple(v) if isinstance(v, list) else v for flag, field in RECIPE_FLAGS.items()
+               if (v := getattr(args, flag, None)) is not None}
     if changes.get("auto_augment") in ("none", ""):
         changes["auto_augment"] = None
     if args.model_ema:
@@ -291,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--drop-path", type=float, help="stochastic depth (default: per model)")
     g.add_argument("--drop", type=float, help="head dropout")
     g.add_argument("--hflip", type=float)
+    g.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="random-resized-crop area range, fractions of the image (Table 2 / timm: 0.08 1.0)")
+    g.add_argument("--ratio", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="random-resized-crop aspect-ratio range (timm: 0.75 1.333)")
     g.add_argument("--crop-pct", type=float, help="eval crop fraction")
     g.add_argument("--model-ema", action="store_true")
     g.add_argument("--model-ema-decay", type=float)

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .data import EvalShardSampler, collate_skip_bad, eval_transform, worker_ignore_signals
+from .data import (DataPipelineError, EvalShardSampler, GuardedSamples, SampleFailure, collate_skip_bad,
+                   eval_transform, shutdown_workers, worker_ignore_signals)
 from .distributed import Dist, all_reduce_sum, setup
 from .errors import MambaOutError
 
@@ -20,23 +21,30 @@ def evaluate(model, loader, d: Dist, amp_dtype: Optional[torch.dtype] = None,
              channels_last: bool = False) -> dict:
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64)  # loss, top1, top5, count, skipped
-    for images, targets, skipped in loader:
-        sums[4] += skipped
-        if images is None:
-            continue
-        images, targets = images.to(d.device), targets.to(d.device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        logits = logits.float()
-        sums[0] += F.cross_entropy(logits, targets, reduction="sum").item()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hit = top == targets[:, None]
-        sums[1] += hit[:, 0].sum().item()
-        sums[2] += hit.any(dim=1).sum().item()
-        sums[3] += len(targets)
+    batches = iter(loader)
+    try:
+        for batch in batches:
+            if isinstance(batch, SampleFailure):
+                raise DataPipelineError(batch)
+            images, targets, skipped = batch
+            sums[4] += skipped
+            if images is None:
+                continue
+            images, targets = images.to(d.device), targets.to(d.device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(images)
+            logits = logits.float()
+            sums[0] += F.cross_entropy(logits, targets, reduction="sum").item()
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            hit = top == targets[:, None]
+            sums[1] += hit[:, 0].sum().item()
+            sums[2] += hit.any(dim=1).sum().item()
+            sums[3] += len(targets)
+    finally:
+        shutdown_workers(batches)
     sums = all_reduce_sum(sums.to(d.device), d).cpu()
     n = int(sums[3])
     if n == 0:
@@ -46,7 +54,7 @@ def evaluate(model, loader, d: Dist, amp_dtype: Optional[torch.dtype] = None,
 
 
 def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int):
-    return DataLoader(dataset, batch_size=batch_size, sampler=EvalShardSampler(len(dataset), d.rank, d.world),
+    return DataLoader(GuardedSamples(dataset), batch_size=batch_size, sampler=EvalShardSampler(len(dataset), d.rank, d.world),
                       num_workers=workers, collate_fn=collate_skip_bad, pin_memory=d.device.type == "cuda",
                       persistent_workers=False, worker_init_fn=worker_ignore_signals)
 

@@ -44,7 +44,8 @@ class Recipe:
     model_ema_decay: float = 0.9999
     interpolation: str = "bicubic"
     crop_pct: float = 1.0                     # eval: resize to img_size / crop_pct, center crop
-    scale: Tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    scale: Tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range (timm default, not in Table 2)
+    ratio: Tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range (timm default)
     hflip: float = 0.5
     seed: int = 0
 

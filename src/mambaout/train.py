@@ -30,8 +30,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
-from .data import (ResumableSampler, SeededSamples, build_datasets, collate_skip_bad, eval_transform,
-                   train_transform, worker_ignore_signals)
+from .data import (DataPipelineError, ResumableSampler, SampleFailure, SeededSamples, build_datasets,
+                   collate_skip_bad, recipe_transforms, shutdown_workers, worker_ignore_signals)
 from .data.datasets import sample_seed
 from .distributed import Dist, all_reduce_sum, cleanup, setup
 from .errors import CheckpointError, MambaOutError
@@ -117,10 +117,7 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
 
     # ---- data ---------------------------------------------------------------------------------
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    train_tf = train_transform(recipe.img_size, recipe.auto_augment, recipe.reprob, recipe.interpolation,
-                               mean, std, hflip=recipe.hflip, scale=recipe.scale)
-    eval_tf = eval_transform(recipe.img_size, recipe.crop_pct, recipe.interpolation, mean, std)
+    train_tf, eval_tf = recipe_transforms(recipe)
     train_set, val_set, classes = build_datasets(opts.data, recipe.img_size, train_tf, eval_tf)
     num_classes = len(classes)
     if resume_obj is not None and int(resume_obj["num_classes"]) != num_classes:
@@ -234,7 +231,20 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
                 "best_top1": best_top1, "best_epoch": best_epoch, "history": history,
                 "world_size": d.world, "global_batch": recipe.global_batch(d.world), "rng": ckpt.rng_state()}
 
-    status, final_top1, skipped_total, stop_requested = "finished", None, 0, False
+    def stop_on_data_error(e: DataPipelineError, epoch: int, step_in_epoch: int) -> DataPipelineError:
+        # Save the state before the update that needed the sample (nothing of that update
+        # was applied), then end with one line: what failed, what was kept, how to go on.
+        if not d.is_main:  # rank 0 keeps the checkpoints; torchrun ends the other processes
+            return DataPipelineError(e.failure, f"{e} (process rank {d.rank})")
+        where = out / "last.pth"
+        ckpt.save(state(epoch, step_in_epoch), where)
+        (out / "error.log").write_text(e.failure.traceback)
+        return DataPipelineError(e.failure, (
+            f"{e}; progress saved in {where} ({global_step} updates), traceback in {out / 'error.log'}; "
+            f"resume with: mambaout train --resume {where} (the sample is drawn again with the same "
+            f"augmentation: fix or remove it, or change the recipe, first)"))
+
+    status, final_top1, skipped_total, stop_requested, batches = "finished", None, 0, False, None
     try:
         for epoch in range(start_epoch, recipe.epochs):
             # ---- one epoch of updates --------------------------------------------------------
@@ -248,7 +258,10 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
                 optimizer.zero_grad(set_to_none=True)
                 update_loss = torch.zeros((), dtype=torch.float64)
                 for micro in range(recipe.grad_accum_steps):
-                    images, targets, n_bad = next(batches)
+                    batch = next(batches)
+                    if isinstance(batch, SampleFailure):
+                        raise stop_on_data_error(DataPipelineError(batch), epoch, update)
+                    images, targets, n_bad = batch
                     skipped += n_bad
                     seed = _micro_seed(recipe, epoch, update, micro, d.rank)
                     torch.manual_seed(seed)
@@ -315,7 +328,7 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
                             break
             if bar is not None:
                 bar.close()
-            del batches
+            shutdown_workers(batches)
             skipped = int(all_reduce_sum(torch.tensor(skipped, dtype=torch.float64).to(d.device), d).item())
             skipped_total += skipped
             if skipped and d.is_main:
@@ -324,8 +337,11 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
                 break
 
             # ---- validate, log, checkpoint ---------------------------------------------------
-            metrics = evaluate(ema.module if ema is not None else model, val_loader, d, amp_dtype,
-                               opts.channels_last)
+            try:
+                metrics = evaluate(ema.module if ema is not None else model, val_loader, d, amp_dtype,
+                                   opts.channels_last)
+            except DataPipelineError as e:
+                raise stop_on_data_error(e, epoch + 1, 0) from None
             final_top1 = metrics["top1"]
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(loss_n, 1), "val_loss": metrics["loss"],
                    "top1": metrics["top1"], "top5": metrics["top5"], "lr": optimizer.param_groups[0]["lr"],
@@ -350,6 +366,8 @@ def _train(recipe: Recipe, opts: RunOptions, d: Dist) -> TrainResult:
                 status = "stopped"
                 break
     finally:
+        if batches is not None:
+            shutdown_workers(batches)   # on every exit path: workers ignore SIGTERM (data/loader.py)
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
         if tb is not None:
@@ -404,6 +422,10 @@ def _check_recipe(r: Recipe, opts: RunOptions):
         raise MambaOutError(f"--batch-size must be even with mixup/cutmix (got {r.batch_size})")
     if opts.amp not in (None, "bf16", "fp16"):
         raise MambaOutError(f"--amp must be bf16 or fp16, got {opts.amp}")
+    if not 0 < r.scale[0] <= r.scale[1] <= 1:
+        raise MambaOutError(f"--scale needs 0 < MIN <= MAX <= 1 (fractions of the image area), got {r.scale}")
+    if not 0 < r.ratio[0] <= r.ratio[1]:
+        raise MambaOutError(f"--ratio needs 0 < MIN <= MAX (crop aspect ratios), got {r.ratio}")
     if opts.pretrained and opts.initial_checkpoint:
         raise MambaOutError("give --pretrained or --initial-checkpoint, not both")
 

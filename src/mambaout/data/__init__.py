@@ -1,4 +1,5 @@
-from .datasets import (IMG_EXTENSIONS, CifarDataset, DigitsDataset, ImageFolder, SeededSamples, build_datasets,
-                       collate_skip_bad, load_image, worker_ignore_signals)
+from .datasets import (IMG_EXTENSIONS, CifarDataset, DataPipelineError, DigitsDataset, GuardedSamples, ImageFolder,
+                       SampleFailure, SeededSamples, build_datasets, collate_skip_bad, load_image)
+from .loader import shutdown_workers, worker_ignore_signals
 from .samplers import EvalShardSampler, ResumableSampler
-from .transforms import eval_transform, train_transform
+from .transforms import eval_transform, recipe_transforms, train_transform

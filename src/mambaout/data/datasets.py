@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import pickle
 import random
+import traceback
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -115,39 +117,105 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return zlib.crc32(f"{seed}/{epoch}/{index}".encode())
 
 
-class SeededSamples(Dataset):
+@dataclass
+class SampleFailure:
+    """A sample whose transform (or other processing) raised. It travels from the loader
+    worker to the main process as data, not as a worker exception, so the main process can
+    end the run with one line that names the sample, and keep its checkpoint."""
+    index: int
+    epoch: Optional[int]  # None for evaluation
+    source: str          # the file, or "<dataset>[index]"
+    operation: str       # the transform that raised, e.g. "RandAugment op PosterizeIncreasing"
+    error: str           # "ValueError: ..."
+    traceback: str
+
+    def describe(self) -> str:
+        where = "evaluation" if self.epoch is None else f"epoch {self.epoch + 1}"
+        return (f"data pipeline error in {where} at sample {self.index} ({self.source}): "
+                f"{self.operation} raised {self.error}")
+
+
+class DataPipelineError(MambaOutError):
+    """A transform raised on a sample (not an unreadable file: those are skipped)."""
+
+    def __init__(self, failure: SampleFailure, message: Optional[str] = None):
+        super().__init__(message or failure.describe())
+        self.failure = failure
+
+
+class GuardedSamples(Dataset):
+    """Wraps a dataset so that an exception while producing an item comes back as a
+    SampleFailure (see collate_skip_bad) instead of crashing the loader worker."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, None)
+        try:
+            return self._get(index, epoch)
+        except Exception as e:
+            samples = getattr(self.dataset, "samples", None)
+            source = samples[index][0] if samples else f"{type(self.dataset).__name__}[{index}]"
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            return SampleFailure(index, epoch, source, _failed_operation(e.__traceback__),
+                                 f"{type(e).__name__}: {first}".rstrip(": "),
+                                 "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+
+    def _get(self, index: int, epoch: Optional[int]):
+        return self.dataset[index]
+
+
+class SeededSamples(GuardedSamples):
     """Wraps a dataset so that item (index, epoch) is produced under its own RNG seed.
 
     Samplers yield (index, epoch) pairs; the random augmentations of a sample then do
     not depend on which worker made it or what came before it."""
 
     def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
+        super().__init__(dataset)
+        self.seed = seed
 
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
-        s = sample_seed(self.seed, epoch, index)
+    def _get(self, index: int, epoch: Optional[int]):
+        s = sample_seed(self.seed, epoch or 0, index)
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)
         return self.dataset[index]
 
 
-def worker_ignore_signals(_worker_id=None):
-    """DataLoader worker_init_fn: leave SIGTERM and SIGINT to the main process. A scheduler
-    (Slurm, `timeout`) or Ctrl-C signals the whole process group; a worker that died of it
-    would abort the main process before it could save its checkpoint and exit cleanly. The
-    workers still end with the main process (PyTorch's watchdog)."""
-    import signal
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _failed_operation(tb) -> str:
+    """The innermost transform on the traceback: 'augmentation op PosterizeIncreasing' (timm's
+    RandAugment ops), 'RandomResizedCropAndInterpolation', a plain function's name; else the
+    innermost function."""
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    is_op = [(o := f.f_locals.get("self")) is not None and callable(o) and not isinstance(o, Dataset) for f in frames]
+    if not any(is_op):
+        f = frames[-1]
+        return f"{f.f_code.co_name} ({Path(f.f_code.co_filename).name})"
+    i = max(k for k, op in enumerate(is_op) if op)
+    obj = frames[i].f_locals["self"]
+    name = getattr(obj, "name", None)
+    if isinstance(name, str):
+        return f"augmentation op {name}"
+    container = any(isinstance(getattr(obj, a, None), (list, tuple)) for a in ("transforms", "ops", "policy"))
+    if container and i + 1 < len(frames):   # a plain function inside Compose & co.
+        return frames[i + 1].f_code.co_name
+    return type(obj).__name__
 
 
 def collate_skip_bad(batch):
-    """Default collation after dropping unreadable samples; returns (images, targets, n_skipped)."""
+    """Default collation after dropping unreadable samples; returns (images, targets, n_skipped),
+    or the first SampleFailure of the batch (the caller raises DataPipelineError)."""
+    for b in batch:
+        if isinstance(b, SampleFailure):
+            return b
     good = [b for b in batch if b is not None]
     skipped = len(batch) - len(good)
     if not good:

@@ -1,20 +1,71 @@
 """Train and eval transforms, built with timm's data pipeline."""
 from __future__ import annotations
 
+from PIL import Image
 from timm.data import create_transform
+from timm.data import auto_augment as timm_aa
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def train_transform(img_size: int, auto_augment, re_prob: float, interpolation="bicubic",
-                    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), hflip: float = 0.5,
-                    color_jitter: float = 0.4, scale=(0.08, 1.0)):
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD, hflip: float = 0.5,
+                    color_jitter: float = 0.4, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """RandomResizedCrop + flip + RandAugment + normalise + random erasing (DeiT/timm recipe)."""
-    return create_transform(img_size, is_training=True, auto_augment=auto_augment or None,
-                            re_prob=re_prob, re_mode="pixel", re_count=1, interpolation=interpolation,
-                            mean=mean, std=std, hflip=hflip, color_jitter=color_jitter, scale=scale)
+    tf = create_transform(img_size, is_training=True, auto_augment=auto_augment or None,
+                          re_prob=re_prob, re_mode="pixel", re_count=1, interpolation=interpolation,
+                          mean=mean, std=std, hflip=hflip, color_jitter=color_jitter,
+                          scale=tuple(scale), ratio=tuple(ratio))
+    _fix_zero_bit_posterize(tf)
+    return tf
 
 
 def eval_transform(img_size: int, crop_pct: float = 1.0, interpolation="bicubic",
-                   mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_mode="center"):
+                   mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_mode="center"):
     """Resize the short side to img_size / crop_pct (bicubic), center-crop img_size, normalise."""
     return create_transform(img_size, is_training=False, crop_pct=crop_pct, crop_mode=crop_mode,
                             interpolation=interpolation, mean=mean, std=std)
+
+
+def recipe_transforms(recipe, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """(train, eval) transforms of a training recipe (mambaout.recipe.Recipe)."""
+    train = train_transform(recipe.img_size, recipe.auto_augment, recipe.reprob, recipe.interpolation,
+                            mean, std, hflip=recipe.hflip, scale=recipe.scale, ratio=recipe.ratio)
+    return train, eval_transform(recipe.img_size, recipe.crop_pct, recipe.interpolation, mean, std)
+
+
+def posterize_keep_zero_bits(img: Image.Image, bits_to_keep: int, **kw) -> Image.Image:
+    """timm's posterize, except that keeping 0 bits gives a black image.
+
+    Why: timm's increasing posterize (RandAugment "inc1", Table 2) keeps 4 - 4 = 0 bits when
+    the noisy magnitude reaches the top of its range (about 1 draw in 850). Pillow < 13 turned
+    0 bits into an all-zero image, the behaviour the paper's runs had; Pillow 13 raises
+    ValueError instead, which killed every run with the paper's recipe. Every other draw goes
+    to timm's own function unchanged, and no random number is drawn here, so the samples
+    before and after see the same random stream as with timm alone."""
+    if bits_to_keep <= 0:
+        return img.point([0] * 256 * len(img.getbands()))  # what Pillow < 13 did: a zero LUT
+    return timm_aa.posterize(img, bits_to_keep, **kw)
+
+
+def _fix_zero_bit_posterize(transform) -> None:
+    """Point the posterize ops of timm's RandAugment / AutoAugment / AugMix inside `transform`
+    at posterize_keep_zero_bits. Only these op instances change, not timm's module tables."""
+    for op in _augment_ops(transform):
+        if op.aug_fn is timm_aa.posterize:
+            op.aug_fn = posterize_keep_zero_bits
+
+
+def _augment_ops(transform):
+    if isinstance(transform, timm_aa.AugmentOp):
+        yield transform
+        return
+    children = []
+    for attr in ("transforms", "ops", "policy"):   # Compose / RandAugment, AugMix / AutoAugment
+        value = getattr(transform, attr, None)
+        if isinstance(value, (list, tuple)):
+            children.extend(value)
+    if isinstance(transform, (list, tuple)):        # an AutoAugment sub-policy
+        children.extend(transform)
+    for child in children:
+        yield from _augment_ops(child)

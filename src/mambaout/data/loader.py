@@ -1,0 +1,51 @@
+"""DataLoader worker processes: how they treat signals, and how they are stopped.
+
+Workers ignore SIGTERM and SIGINT so that a signal to the whole process group (Slurm,
+`timeout`, Ctrl-C) reaches only the main process, which then saves and exits cleanly.
+The price: `Process.terminate()` (SIGTERM), which PyTorch and multiprocessing use to stop
+workers that do not exit on request, no longer stops them, and a process that ended with
+an exception would wait for them forever at exit. So whoever starts workers stops them
+with `shutdown_workers`, on every exit path, and an exit hook kills any that remain.
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import multiprocessing.util  # registers multiprocessing's exit hook before ours (see below)
+import signal
+
+_JOIN_TIMEOUT_S = 5.0
+
+
+def worker_ignore_signals(_worker_id=None):
+    """DataLoader worker_init_fn: leave SIGTERM and SIGINT to the main process. The workers
+    still end with the main process (PyTorch's watchdog notices a dead parent)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def shutdown_workers(batches) -> None:
+    """Stop the worker processes of a DataLoader iterator now: ask them to exit (PyTorch's
+    own shutdown), then SIGKILL any that are still alive. Safe to call twice, and on the
+    iterator of a loader without workers."""
+    workers = list(getattr(batches, "_workers", ()))
+    try:
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+                w.join(_JOIN_TIMEOUT_S)
+
+
+@atexit.register
+def _kill_remaining_workers():
+    # Registered after multiprocessing's own exit hook, so it runs before it: that hook
+    # terminates (SIGTERM) daemonic children and then joins them, which never returns for a
+    # worker that ignores SIGTERM, e.g. one left behind by an exception's traceback.
+    for p in multiprocessing.active_children():
+        if p.daemon:
+            p.kill()
+            p.join(_JOIN_TIMEOUT_S)
