@@ -25,7 +25,7 @@ from test_train import TINY, env1, tiny_args, ROOT
 # FAULT=forward makes the model raise at its 5th training forward.
 FAULT_SCRIPT = textwrap.dedent("""
     import os, sys, torch
-    import mambaout.train as T
+    import mambaout.tasks.classification as T
     from mambaout.data.datasets import sample_seed
     FAULT = os.environ["FAULT"]
     LATE = {sample_seed(0, e, i) for e in (1, 2, 3) for i in range(200)}
@@ -162,7 +162,7 @@ def test_library_call_leaves_no_workers_behind(tmp_path):
         if img.size == (23, 23):
             raise ValueError("bad sample")
         return img
-    import mambaout.train as T
+    import mambaout.tasks.classification as T
     orig = T.recipe_transforms
     T.recipe_transforms = lambda r: (lambda tr, ev: (tr.transforms.insert(0, explode), (tr, ev))[1])(*orig(r))
     try:

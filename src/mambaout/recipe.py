@@ -58,6 +58,12 @@ class Recipe:
     def global_batch(self, world_size: int = 1) -> int:
         return world_size * self.batch_size * self.grad_accum_steps
 
+    def total_updates(self, updates_per_epoch: int) -> int:
+        return self.epochs * updates_per_epoch
+
+    def val_interval(self, updates_per_epoch: int) -> int:
+        return updates_per_epoch                # validate after every epoch
+
     def drop_path_rate(self) -> float:
         if self.drop_path is not None:
             return self.drop_path
@@ -81,3 +87,69 @@ def digits_recipe() -> Recipe:
     return replace(Recipe(), model="mambaout_femto", img_size=32, epochs=20, batch_size=64,
                    lr=2e-3, warmup_epochs=2, min_lr=1e-5, auto_augment=None, mixup=0.0, cutmix=0.0,
                    reprob=0.0, hflip=0.0, scale=(0.6, 1.0), drop_path=0.0)
+
+
+@dataclass
+class SegRecipe:
+    """UperNet semantic segmentation on ADE20K. Sources: mmsegmentation's Swin UperNet config
+    (configs/swin/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K.py with
+    _base_/models/upernet_swin.py, _base_/datasets/ade20k.py, _base_/schedules/schedule_160k.py),
+    which the authors say they followed, with their own settings from official issue #251:
+    lr 1e-4 for every size (Swin's config: 6e-5), drop path 0.3 / 0.3 / 0.6 (T / S / B), no
+    layer-wise lr decay, a LayerNorm on each backbone output (models/backbone.py)."""
+    model: str = "upernet_mambaout_tiny"
+    num_classes: int = 150                    # ADE20K
+    reduce_zero_label: bool = True            # ADE20K: label 0 = "other" -> ignored (255)
+    crop_size: int = 512                      # ade20k.py: crop_size (512, 512)
+    scale: Tuple[int, int] = (2048, 512)      # ade20k.py: img_scale, training resize base and test resize
+    ratio_range: Tuple[float, float] = (0.5, 2.0)   # ade20k.py: Resize ratio_range
+    cat_max_ratio: float = 0.75               # ade20k.py: RandomCrop cat_max_ratio
+    hflip: float = 0.5                        # ade20k.py: RandomFlip prob
+    photometric: bool = True                  # ade20k.py: PhotoMetricDistortion
+    iters: int = 160_000                      # schedule_160k.py: max_iters
+    batch_size: int = 16                      # per process; Swin: 8 GPUs x 2 = global batch 16
+    grad_accum_steps: int = 1
+    lr: float = 1e-4                          # authors (issue #251), absolute: not scaled with the batch
+    opt: str = "adamw"                        # Swin config: AdamW, betas (0.9, 0.999), weight decay 0.01
+    opt_eps: float = 1e-8
+    opt_betas: Tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01                # none on norms (Swin: custom_keys norm decay_mult 0), biases, layer scale
+    sched: str = "poly"                       # Swin config: lr_config policy poly, power 1.0, min_lr 0,
+    poly_power: float = 1.0                   #   by_epoch False, linear warmup 1500 iters from ratio 1e-6
+    min_lr: float = 0.0
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+    drop_path: Optional[float] = None         # None: the model's own (authors: T 0.3, S 0.3, B 0.6)
+    aux_weight: float = 0.4                   # upernet_swin.py: auxiliary FCNHead loss_weight
+    val_every: int = 16_000                   # schedule_160k.py: evaluation interval
+    test_mode: str = "whole"                  # upernet_swin.py: test_cfg mode 'whole' (also: "slide")
+    clip_grad: Optional[float] = None         # Swin config: none
+    model_ema: bool = False
+    model_ema_decay: float = 0.9999
+    seed: int = 0
+
+    def peak_lr(self, world_size: int = 1) -> float:
+        return self.lr
+
+    def global_batch(self, world_size: int = 1) -> int:
+        return world_size * self.batch_size * self.grad_accum_steps
+
+    def total_updates(self, updates_per_epoch: int) -> int:
+        return self.iters                       # iteration-based, as mmseg counts
+
+    def val_interval(self, updates_per_epoch: int) -> int:
+        return self.val_every
+
+    def drop_path_rate(self) -> float:
+        if self.drop_path is not None:
+            return self.drop_path
+        from .models.segmentation_variants import SEGMENTATION_VARIANTS
+        return SEGMENTATION_VARIANTS[self.model].drop_path
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SegRecipe":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
