@@ -1,11 +1,29 @@
-"""Parameter and MAC counting with the paper's convention.
+"""Parameter and MAC counting, with the two conventions the paper's tables use.
 
-The paper counts MACs the way fvcore's FlopCountAnalysis does: one MAC per
-multiply-add in convolutions and matrix products (biases not counted), plus
-normalisation layers (LayerNorm: 5 per element with affine, 4 without); cheap
-elementwise ops (activations, gating products, residual adds, pooling means) are
-not counted. We count at the ATen level with a dispatch mode, so no tracing and
-no fvcore dependency, and we run on the meta device: no memory, no compute.
+"fvcore" (the classification tables, at 224x224): the paper counts MACs the way
+fvcore's FlopCountAnalysis does: one MAC per multiply-add in convolutions and matrix
+products (biases not counted), plus normalisation layers (LayerNorm: 5 per element with
+affine, 4 without; eval-mode BatchNorm 2); cheap elementwise ops (activations, gating
+products, residual adds, pooling means) are not counted. We count at the ATen level with
+a dispatch mode, so no tracing and no fvcore dependency.
+
+"mmcv" (segmentation, UperNet at 512x2048): the UperNet numbers of MambaOut (and of the
+ConvNeXt / Swin papers it compares with) come from mmsegmentation's tools/get_flops.py,
+i.e. mmcv's get_model_complexity_info on the segmentor's forward_dummy (backbone and
+decode head; the auxiliary head is not run, as in our eval-mode forward). mmcv hooks modules by exact type (MMCV_RULES):
+Conv: output positions x k x Cin/groups x Cout, plus Cout per output position for the
+bias; Linear: input elements x out features (no bias); BatchNorm / GroupNorm /
+InstanceNorm / LayerNorm: 1 per input element, 2 with affine; ReLU-like activations:
+1 per output element; pooling: 1 per input element; nn.Upsample: 1 per output element.
+Everything else counts 0: functional ops (F.interpolate, matmuls, adds, cat), GELU, and
+module types outside the table, among them nn.SyncBatchNorm, which the configs'
+norm_cfg=SyncBN builds. Our UperNet holds nn.BatchNorm2d (the training code converts it),
+so this convention skips BatchNorm modules as get_flops skipped the SyncBN ones. With
+that rule all eight paper rows (Tiny k3..k11, Small, Base) round to the printed numbers
+and ConvNeXt-T's UperNet to its 939G. Counting BatchNorm (as "fvcore" does) shifts Tiny
+by +0.24G, enough to turn Table 3's 936 / 941 into 937 / 942.
+
+Both run on the meta device: no memory, no compute.
 """
 from __future__ import annotations
 
@@ -57,6 +75,12 @@ def _batch_norm(args, out):               # eval-mode batch norm folds to a scal
     return prod(_shape(args[0])) * (2 if args[1] is not None else 1)
 
 
+def _native_batch_norm(args, out):        # native_batch_norm(input, weight, bias, mean, var, training, ...)
+    if args[5]:                           # training: normalise with batch statistics, like a LayerNorm
+        return prod(_shape(args[0])) * (5 if args[1] is not None else 4)
+    return _batch_norm(args, out)
+
+
 def _sdpa(args, out):                     # q @ k^T and attn @ v
     q, k, v = (_shape(a) for a in args[:3])
     return prod(q[:-1]) * k[-2] * q[-1] + prod(q[:-1]) * k[-2] * v[-1]
@@ -66,7 +90,7 @@ HANDLERS: Dict[object, Callable] = {
     aten.mm: _mm, aten.addmm: _addmm, aten.bmm: _bmm, aten.baddbmm: lambda a, o: _bmm(a[1:], o),
     aten.convolution: _conv, aten._convolution: _conv,
     aten.native_layer_norm: _layer_norm, aten.native_group_norm: _group_norm,
-    aten._native_batch_norm_legit_no_training: _batch_norm,
+    aten._native_batch_norm_legit_no_training: _batch_norm, aten.native_batch_norm: _native_batch_norm,
     aten._scaled_dot_product_flash_attention_for_cpu: _sdpa,
     aten._scaled_dot_product_efficient_attention: _sdpa,
     aten._scaled_dot_product_flash_attention: _sdpa,
@@ -136,21 +160,82 @@ def _declared(counters, macs, name):
             c.add(name, macs)
 
 
+def _mmcv_conv(m, x, out):
+    positions = out.shape[0] * prod(out.shape[2:])
+    weights = prod(m.kernel_size) * m.in_channels * (m.out_channels // m.groups)
+    return positions * (weights + (m.out_channels if m.bias is not None else 0))
+
+
+def _mmcv_norm(m, x, out):
+    affine = getattr(m, "affine", False) or getattr(m, "elementwise_affine", False)
+    return x.numel() * (2 if affine else 1)
+
+
+def _mmcv_linear(m, x, out):
+    return x.numel() * out.shape[-1]
+
+
+def _mmcv_output(m, x, out):
+    return out.numel()
+
+
+def _mmcv_input(m, x, out):
+    return x.numel()
+
+
+# mmcv's module table (exact types, as mmcv matches them); unlisted modules count 0.
+MMCV_RULES: Dict[type, Callable] = {
+    **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), _mmcv_conv),
+    **dict.fromkeys((nn.ReLU, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.ReLU6), _mmcv_output),
+    **dict.fromkeys((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+                     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d), _mmcv_input),
+    **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm1d,
+                     nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm), _mmcv_norm),
+    nn.Linear: _mmcv_linear,
+    nn.Upsample: _mmcv_output,
+}
+# The paper's segmentation models ran with SyncBatchNorm, which mmcv's table lacks (see above).
+MMCV_SKIPPED = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+CONVENTIONS = ("fvcore", "mmcv")
+
+
+@contextmanager
+def _mmcv_counter(model: nn.Module, by_type: Dict[str, int]):
+    """Forward hooks adding each counted module's MACs to by_type[type name]."""
+    def hook(m, inputs, out):
+        name = type(m).__name__
+        by_type[name] = by_type.get(name, 0) + int(MMCV_RULES[type(m)](m, inputs[0], out))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if type(m) in MMCV_RULES and type(m) not in MMCV_SKIPPED]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def count_macs(model: nn.Module, img_size=224, in_chans: Optional[int] = None,
-               batch_size: int = 1) -> int:
-    """MACs of one forward pass for a `batch_size` x in_chans x H x W input, on the meta device
-    (the model is copied there, so a real model is untouched)."""
+               batch_size: int = 1, convention: str = "fvcore") -> int:
+    """MACs of one eval-mode forward pass for a `batch_size` x in_chans x H x W input
+    (img_size: int or (H, W)), on the meta device (the model is copied there, so a real
+    model is untouched). convention: "fvcore" or "mmcv" (see the module docstring)."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     in_chans = in_chans or getattr(model, "in_chans", 3)
     meta_model = _to_meta(model)
     x = torch.empty(batch_size, in_chans, h, w, device="meta")
-    counter = MacCounter()
+    by_op: Dict[str, int] = {}
+    counter = MacCounter() if convention == "fvcore" else _mmcv_counter(meta_model, by_op)
     # Count the paper's formulation (Algorithm 1), not the fast path: folding the LayerNorm
-    # affine into fc1 at inference would count 4 instead of 5 operations per normalised element.
+    # affine into fc1 at inference would count 4 instead of 5 operations per normalised element,
+    # and the fused plan calls no submodules, so mmcv's module hooks would not see them.
     fast = [(m, m.fast) for m in meta_model.modules() if hasattr(m, "fast")]
     try:
         for m, _ in fast:
@@ -160,7 +245,7 @@ def count_macs(model: nn.Module, img_size=224, in_chans: Optional[int] = None,
     finally:
         for m, flag in fast:
             m.fast = flag
-    return counter.total
+    return counter.total if convention == "fvcore" else sum(by_op.values())
 
 
 def _to_meta(model: nn.Module) -> nn.Module:
@@ -176,16 +261,36 @@ def round_half_up(value: float, digits: int = 1) -> float:
     return float(Decimal(repr(value)).quantize(q, rounding=ROUND_HALF_UP))
 
 
-def measure(name: str, img_size: Optional[int] = None, **model_kwargs) -> dict:
-    """Params and MACs of a named variant at `img_size` (default: its own input size, 224 or
-    32 for the CIFAR study models), built directly on the meta device. macs_g is rounded
-    like the paper's tables: one decimal, three below 1G (Table 8 prints MACs in M)."""
-    from .models import create_model, get_variant
-    img_size = img_size or get_variant(name).input_size
+def measure(name: str, img_size=None, convention: Optional[str] = None, **model_kwargs) -> dict:
+    """Params and MACs of a named model, built directly on the meta device.
+
+    Classification variants: at `img_size` (default: its own input size, 224 or 32 for the
+    CIFAR study models), convention "fvcore" by default; params_m and macs_g are rounded
+    like the paper's tables: one decimal, three below 1G (Table 8 prints MACs in M).
+    Segmentation models ('upernet_*'): at img_size int or (H, W) (default 512 x 2048),
+    convention "mmcv" by default, params of the whole model (auxiliary head included, as
+    the paper's), MACs of the eval forward (no auxiliary head); params_m and macs_g
+    rounded to integers as the paper prints them, and the paper's numbers beside them.
+    """
+    from .models import SEGMENTATION_VARIANTS, create_model, get_variant
+    from .models.segmentation_variants import MACS_SIZE
+    seg = SEGMENTATION_VARIANTS.get(name)
+    if seg is None:
+        img_size = img_size or get_variant(name).input_size
+        model_kwargs["img_size"] = img_size
+    else:
+        img_size = img_size or MACS_SIZE
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    convention = convention or ("fvcore" if seg is None else "mmcv")
     with torch.device("meta"):
-        model = create_model(name, img_size=img_size, **model_kwargs)
+        model = create_model(name, **model_kwargs)
     params = count_params(model)
-    macs = count_macs(model, img_size)
-    return {"model": name, "img_size": img_size, "params": params, "macs": macs,
-            "params_m": round_half_up(params / 1e6),
-            "macs_g": round_half_up(macs / 1e9, 1 if macs >= 1e9 else 3)}
+    macs = count_macs(model, img_size, convention=convention)
+    if seg is None:
+        return {"model": name, "img_size": img_size, "convention": convention, "params": params,
+                "macs": macs, "params_m": round_half_up(params / 1e6),
+                "macs_g": round_half_up(macs / 1e9, 1 if macs >= 1e9 else 3)}
+    return {"model": name, "img_size": img_size, "convention": convention, "params": params,
+            "macs": macs, "params_m": round_half_up(params / 1e6, 0),
+            "macs_g": round_half_up(macs / 1e9, 0),
+            "paper_params_m": seg.paper_params_m, "paper_macs_g": seg.paper_macs_g}

@@ -1,4 +1,4 @@
-"""create_model / list_models over the variant table."""
+"""create_model / list_models over the variant table, and the segmentation models built on its rows."""
 from __future__ import annotations
 
 import difflib
@@ -10,6 +10,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..errors import MambaOutError, UnknownModelError
 from .mambaout import MambaOut
+from .segmentation_variants import SEGMENTATION_VARIANTS
 from .variants import VARIANTS, Variant
 from .weights import fetch_pretrained, fit_state_dict, load_checkpoint, read_checkpoint, extract_state_dict
 
@@ -27,6 +28,11 @@ def list_models(pattern: Optional[str] = None, pretrained: bool = False) -> List
     return names
 
 
+def list_segmentation_models(pattern: Optional[str] = None) -> List[str]:
+    """Segmentation model names ('upernet_mambaout_tiny', ...), optionally filtered like list_models."""
+    return [n for n in SEGMENTATION_VARIANTS if not pattern or fnmatch.fnmatch(n, pattern)]
+
+
 def split_name(name: str) -> Tuple[str, Optional[str]]:
     """'mambaout_tiny.in1k' -> ('mambaout_tiny', 'in1k'); also accepts 'timm/' / 'hf-hub:' prefixes."""
     for prefix in ("hf-hub:", "hf_hub:", "timm/"):
@@ -37,12 +43,22 @@ def split_name(name: str) -> Tuple[str, Optional[str]]:
 
 
 def get_variant(name: str) -> Variant:
+    """The variant-table row of a classification model name (a tag after '.' is ignored)."""
     base, _ = split_name(name)
+    if base in SEGMENTATION_VARIANTS:
+        raise UnknownModelError(f"'{name}' is a segmentation model, not a row of the variant table "
+                                f"(see list_segmentation_models)")
     if base not in VARIANTS:
-        close = difflib.get_close_matches(base, list(VARIANTS), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UnknownModelError(f"unknown model '{name}'{hint} (see `mambaout models`)")
+        raise unknown_model(name)
     return VARIANTS[base]
+
+
+def unknown_model(name: str) -> UnknownModelError:
+    """One-line error with the closest names of both tables (classification and segmentation)."""
+    base, _ = split_name(name)
+    close = difflib.get_close_matches(base, list(VARIANTS) + list(SEGMENTATION_VARIANTS), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return UnknownModelError(f"unknown model '{name}'{hint} (see `mambaout models`)")
 
 
 FIRST_CONV = {"mambaout": "stem.conv1", "mambaout_iso": "stem.conv", "isotropic": "patch_embed.proj"}
@@ -106,7 +122,19 @@ def create_model(name: str, pretrained: bool = False, num_classes: Optional[int]
     img_size: input size the model is built for; only the ViT-like models with a position
         embedding need it (default: the variant's input size), the others take any size.
     overrides: any MambaOut constructor argument (kernel_size, conv_ratio, drop_rate, ...).
+
+    Segmentation names ('upernet_mambaout_tiny', see list_segmentation_models) build a
+    UperNetSegmentor (models/upernet.py, create_upernet): num_classes defaults to 150,
+    pretrained loads the backbone's ImageNet weights, checkpoint_path is a classification
+    checkpoint for the backbone or a whole segmentation state dict, and overrides go to the
+    backbone.
     """
+    if name in SEGMENTATION_VARIANTS:
+        from .upernet import create_upernet   # upernet -> backbone imports this module
+        if in_chans != 3:
+            overrides["in_chans"] = in_chans
+        return create_upernet(name, num_classes=num_classes, pretrained=pretrained,
+                              checkpoint_path=checkpoint_path, drop_path_rate=drop_path_rate, **overrides)
     v = get_variant(name)
     cfg = pretrained_cfg(name)
     if num_classes is None:

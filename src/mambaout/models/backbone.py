@@ -1,0 +1,141 @@
+"""MambaOut as a dense-prediction backbone: multi-scale NCHW feature maps, no head.
+
+The backbone is the classification model's stem and stages, under the same module
+names (`stem.*`, `stages.N.*`), so an ImageNet checkpoint maps onto it key for key.
+As the authors answered for their detection / segmentation runs (official issue
+#251), a LayerNorm is added on each output stage (`out_norms.<stage index>`); those
+norms are not in any classification checkpoint and start at weight 1, bias 0.
+
+Strides and sizes: the stem and every downsample are 3x3 stride-2 convs with padding
+1, which map a side of n pixels to ceil(n / 2). A stage at stride s therefore has
+ceil(H / s) x ceil(W / s) positions for any input size (97 x 131 -> 25 x 33 at
+stride 4, ..., 4 x 5 at stride 32).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import MambaOutError
+from .blocks import LayerNorm, nhwc_to_nchw
+from .mambaout import MambaOut
+from .registry import get_variant, model_kwargs, pretrained_cfg
+from .weights import extract_state_dict, fetch_pretrained, fit_state_dict, official_to_timm, read_checkpoint
+
+log = logging.getLogger("mambaout")
+
+# Options of the classifier that have no meaning without its head.
+_HEAD_OPTIONS = {"num_classes", "head", "drop_rate", "global_pool"}
+
+
+class MambaOutBackbone(nn.Module):
+    """Stem and stages of a hierarchical MambaOut with a LayerNorm on each output.
+
+    forward(x: N x C x H x W) returns one map per entry of `out_indices`, at strides
+    4 / 8 / 16 / 32 for stages 0 / 1 / 2 / 3, shaped N x out_channels[i] x ceil(H / s)
+    x ceil(W / s). The maps are channels-last in memory (a free view of the stages'
+    NHWC activations); call .contiguous() where a dense NCHW layout matters.
+    Stages after the last requested one are not built.
+
+    Args:
+        out_indices: stage indices to return (0..3, any order on input, returned sorted).
+        drop_path_rate, in_chans, depths, dims, ...: the MambaOut constructor's arguments
+            (see mambaout.MambaOut); the stochastic-depth schedule is the full model's.
+    """
+
+    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), **model_kwargs):
+        super().__init__()
+        full = MambaOut(num_classes=0, **model_kwargs)
+        n = len(full.stages)
+        if not out_indices or any(not isinstance(i, int) or not 0 <= i < n for i in out_indices):
+            raise ValueError(f"out_indices must be stage indices in 0..{n - 1}, got {tuple(out_indices)}")
+        self.out_indices = tuple(sorted(set(out_indices)))
+        self.in_chans = full.in_chans
+        self.stem = full.stem
+        self.stages = full.stages[:self.out_indices[-1] + 1]
+        info = full.feature_info
+        self.out_norms = nn.ModuleDict({str(i): LayerNorm(info[i]["num_chs"]) for i in self.out_indices})
+        self.feature_info: List[Dict] = [dict(info[i]) for i in self.out_indices]
+        self.out_channels: List[int] = [f["num_chs"] for f in self.feature_info]
+        self.out_strides: List[int] = [f["reduction"] for f in self.feature_info]
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        """Recompute each block's activations in the backward pass (less memory, more time)."""
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        x = self.stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if str(i) in self.out_norms:
+                outs.append(nhwc_to_nchw(self.out_norms[str(i)](x)))
+        return outs
+
+    def load_classification_state_dict(self, sd: Dict[str, torch.Tensor], source: str = "checkpoint"):
+        """Load a classification model's weights (timm or official layout) into stem and stages.
+
+        The classifier head (`head.*`, the official `norm.*` / `head.*`) and the stages this
+        backbone does not build are dropped; every other key must fit exactly (missing,
+        unexpected or misshapen keys raise CheckpointError naming the first one). The
+        output norms are left as they are. A state dict of a MambaOutBackbone itself
+        (it has `out_norms.*`) loads whole, output norms included.
+        """
+        sd = official_to_timm(dict(sd))
+        if any(k.startswith("out_norms.") for k in sd):
+            fit_state_dict(self, sd, source=source)
+            return
+        built = len(self.stages)
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.") and not _unbuilt_stage(k, built)}
+        trunk = nn.Module()                      # a view holding only the checkpoint's part
+        trunk.stem, trunk.stages = self.stem, self.stages
+        fit_state_dict(trunk, sd, source=source)
+
+
+def _unbuilt_stage(key: str, built: int) -> bool:
+    found = re.match(r"stages\.(\d+)\.", key)
+    return found is not None and int(found.group(1)) >= built
+
+
+def create_backbone(name: str, out_indices: Sequence[int] = (0, 1, 2, 3), pretrained: bool = False,
+                    checkpoint_path=None, **kwargs) -> MambaOutBackbone:
+    """Backbone of a hierarchical variant ('mambaout_tiny', 'mambaout_base_plus_rw.sw_e150_in12k', ...).
+
+    pretrained: the variant's released ImageNet weights (the same hub files as create_model).
+    checkpoint_path: any classification checkpoint `load_checkpoint` reads (timm or official
+        layout, plain or wrapped, .pth / .safetensors); the head is dropped, the rest strict.
+    kwargs: MambaOut constructor options (drop_path_rate, in_chans, kernel_size, ...).
+    """
+    v = get_variant(name)
+    if v.arch != "mambaout":
+        raise MambaOutError(f"{v.name} is not a hierarchical MambaOut (arch '{v.arch}') and has no "
+                            f"multi-scale backbone; use one of the 4-stage models")
+    options = model_kwargs(v)
+    unknown = set(kwargs) - (set(MambaOut.__init__.__code__.co_varnames) - _HEAD_OPTIONS - {"self"})
+    if unknown:
+        raise MambaOutError(f"unknown backbone option(s): {', '.join(sorted(unknown))}")
+    options.update(kwargs)
+    try:
+        backbone = MambaOutBackbone(out_indices=tuple(out_indices), **options)
+    except ValueError as e:
+        raise MambaOutError(f"{v.name}: {e}") from None
+    backbone.variant = v.name
+    if checkpoint_path is not None:
+        sd = extract_state_dict(read_checkpoint(checkpoint_path))
+        backbone.load_classification_state_dict(sd, source=f"checkpoint {checkpoint_path}")
+    elif pretrained:
+        tag = pretrained_cfg(name)["tag"]
+        if tag is None:
+            raise MambaOutError(f"{v.name} has no released weights")
+        path = fetch_pretrained(v.name, tag)
+        backbone.load_classification_state_dict(extract_state_dict(read_checkpoint(path)),
+                                                 source=f"{v.name}.{tag} weights")
+        log.info("loaded pretrained backbone weights %s", path)
+    return backbone
+

@@ -1,0 +1,49 @@
+"""Segmentation models: a UperNet head on a row of the backbone table.
+
+Each row names a backbone of `variants.VARIANTS` and adds what only the segmentation
+model has: the drop path its backbone is trained with on ADE20K and the paper's
+numbers (UperNet, ADE20K; params in M and MACs in G at 512 x 2048, both as printed,
+MACs counted as mmcv's get_flops does, see complexity.py; mIoU single- and
+multi-scale). Sources: the main paper's ADE20K table (Tiny, Small, Base) and
+supplementary Table 3 (Tiny with depthwise kernel 3 / 5 / 7 / 9 / 11; kernel 7 is
+MambaOut-Tiny). Femto and Kobe have no paper numbers.
+
+Drop path is the authors' answer on official issue #251 (Tiny 0.3, Small 0.3-0.4,
+Base 0.6); for Femto and Kobe, which the paper does not train for segmentation, we
+choose 0.1 (as small backbones are usually given less stochastic depth).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+ADE20K_CLASSES = 150
+MACS_SIZE = (512, 2048)   # (H, W) at which the paper reports UperNet MACs
+
+
+@dataclass(frozen=True)
+class SegVariant:
+    name: str
+    backbone: str                        # a row of VARIANTS
+    drop_path: float                     # peak stochastic depth of the backbone when training
+    paper_params_m: Optional[float] = None
+    paper_macs_g: Optional[float] = None  # at MACS_SIZE
+    paper_miou: Optional[Tuple[float, float]] = None  # ADE20K val mIoU (single-scale, multi-scale)
+    source: str = ""
+    num_classes: int = ADE20K_CLASSES
+
+
+def _upernet(backbone, drop_path, params=None, macs=None, miou=None, source=""):
+    return SegVariant(f"upernet_{backbone}", backbone, drop_path, params, macs, miou, source)
+
+
+_TINY_K = {3: (936, (45.3, 46.7)), 5: (937, (47.1, 48.2)), 7: (938, (47.4, 48.6)),
+           9: (940, (46.9, 48.1)), 11: (941, (46.9, 47.9))}
+
+SEGMENTATION_VARIANTS = {v.name: v for v in [
+    _upernet("mambaout_femto", 0.1),
+    _upernet("mambaout_kobe", 0.1),
+    _upernet("mambaout_tiny", 0.3, 54, 938, (47.4, 48.6), "main paper, Table 3"),
+    _upernet("mambaout_small", 0.3, 76, 1032, (49.5, 50.6), "main paper"),
+    _upernet("mambaout_base", 0.6, 112, 1178, (49.6, 51.0), "main paper"),
+] + [_upernet(f"mambaout_tiny_k{k}", 0.3, 54, macs, miou, "Table 3") for k, (macs, miou) in _TINY_K.items()]}
