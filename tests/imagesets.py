@@ -39,3 +39,25 @@ def make_folder(root, per_class=(16, 6), size=24, seed=0, damaged=False):
         rgba.putalpha(200)
         rgba.save(d / "rgba.png")
     return root
+
+
+def make_seg_folder(root, n=(4, 2), size=(40, 28), labels=(0, 1, 2, 3, 150), seed=0):
+    """An ADE20K-layout tree: root/images/{training,validation}/<i>.jpg with PNG label maps
+    root/annotations/{training,validation}/<i>.png. Each label map is a grid of 4x4-pixel
+    blocks of raw values drawn from `labels`; the image is a noisy colour per value. size is
+    (width, height). Returns root."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    w, h = size
+    for split, count in zip(("training", "validation"), n):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            blocks = rng.choice(np.asarray(labels), size=((h + 3) // 4, (w + 3) // 4))
+            label = np.kron(blocks, np.ones((4, 4), dtype=blocks.dtype))[:h, :w].astype(np.uint8)
+            lab = label.astype(np.float32)
+            colour = np.stack([lab * 37 % 256, lab * 91 % 256, lab * 53 % 256], -1)
+            image = np.clip(colour + rng.normal(0, 8, colour.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(root / "images" / split / f"{i:03d}.jpg", quality=95)
+            Image.fromarray(label).save(root / "annotations" / split / f"{i:03d}.png")
+    return root

@@ -23,10 +23,62 @@ def _fmt_g(v):  # MACs in G: one decimal, three for the small study models (Tabl
     return "-" if v is None else f"{v:.1f}" if v >= 1 else f"{v:.3f}"
 
 
+def img_size_arg(text: str):
+    """--img-size N or HxW (e.g. 512x2048) -> int or (H, W)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r} (give N or HxW, e.g. 512x2048)")
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def _size_pair(size):
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _size_text(size) -> str:
+    h, w = _size_pair(size)
+    return f"{h}x{w}"
+
+
+def segmentation_rows(pattern=None) -> list:
+    """`mambaout models` rows of the segmentation models (params / MACs as the paper counts them)."""
+    from .complexity import measure
+    from .models import SEGMENTATION_VARIANTS, list_segmentation_models
+    rows = []
+    for name in list_segmentation_models(pattern):
+        v, m = SEGMENTATION_VARIANTS[name], measure(name)
+        rows.append(dict(model=name, task="segmentation", head="upernet", backbone=v.backbone,
+                         drop_path=v.drop_path, img_size=list(m["img_size"]), convention=m["convention"],
+                         params=m["params"], macs=m["macs"], params_m=m["params_m"], macs_g=m["macs_g"],
+                         paper_params_m=v.paper_params_m, paper_macs_g=v.paper_macs_g,
+                         paper_miou_ss=v.paper_miou[0] if v.paper_miou else None,
+                         paper_miou_ms=v.paper_miou[1] if v.paper_miou else None, source=v.source))
+    return rows
+
+
+def _print_segmentation_rows(rows):
+    head = (f"{'model':<28}{'size':>10}{'paper P(M)':>11}{'P(M)':>6}{'paper MACs(G)':>15}{'MACs(G)':>9}"
+            f"{'paper mIoU SS/MS':>18}  source")
+    print("\nSegmentation (UperNet, ADE20K): params of the whole model, MACs of one eval forward at 512x2048 "
+          "counted as mmcv's get_flops does (the paper's numbers), rounded half up")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        miou = f"{r['paper_miou_ss']}/{r['paper_miou_ms']}" if r["paper_miou_ss"] else "-"
+        print(f"{r['model']:<28}{_size_text(tuple(r['img_size'])):>10}{_fmt(r['paper_params_m'], 0):>11}"
+              f"{r['params_m']:>6.0f}{_fmt(r['paper_macs_g'], 0):>15}{r['macs_g']:>9.0f}{miou:>18}  {r['source']}")
+
+
 def cmd_models(args) -> int:
     from .complexity import measure
     from .models import VARIANTS, list_models
-    names = list_models(args.pattern)
+    # --json lists the classification rows unless --task segmentation (or all) asks for more
+    task = args.task or ("classification" if args.json else "all")
+    names = list_models(args.pattern) if task in ("classification", "all") else []
+    seg_rows = segmentation_rows(args.pattern) if task in ("segmentation", "all") else []
     rows = []
     for name in names:
         v = VARIANTS[name]
@@ -39,7 +91,11 @@ def cmd_models(args) -> int:
                          macs_g=m["macs_g"], img_size=m["img_size"],
                          weights=[f"{name}.{t}" for t in v.hub_tags], source=v.source))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows + seg_rows, indent=2))
+        return 0
+    if not rows:
+        if seg_rows:
+            _print_segmentation_rows(seg_rows)
         return 0
     head = (f"{'model':<24}{'depths':<16}{'dims':<22}{'size':>5}{'paper P(M)':>11}{'P(M)':>8}"
             f"{'paper MACs(G)':>15}{'MACs(G)':>9}{'paper top-1':>13}  {'source':<18}weights")
@@ -52,21 +108,31 @@ def cmd_models(args) -> int:
               f"{_fmt(r['paper_params_m']):>11}{r['params_m']:>8.1f}{_fmt_g(r['paper_macs_g']):>15}"
               f"{_fmt_g(r['macs_g']):>9}{_fmt(r['paper_top1']):>13}  {r['source']:<18}"
               f"{', '.join(r['weights'])}")
+    if seg_rows:
+        _print_segmentation_rows(seg_rows)
     return 0
 
 
 def cmd_complexity(args) -> int:
     from .complexity import measure
-    from .models import get_variant
-    get_variant(args.model)
-    if args.img_size is not None and args.img_size <= 0:
-        raise MambaOutError(f"--img-size must be positive, got {args.img_size}")
+    from .models import SEGMENTATION_VARIANTS, get_variant
+    seg = args.model in SEGMENTATION_VARIANTS
+    if not seg:
+        get_variant(args.model)
+    if args.img_size is not None and min(_size_pair(args.img_size)) <= 0:
+        raise MambaOutError(f"--img-size must be positive, got {_size_text(args.img_size)}")
     kw = {} if args.num_classes is None else {"num_classes": args.num_classes}
     m = measure(args.model, args.img_size, **kw)
     if args.json:
         print(json.dumps(m))
+    elif seg:
+        paper = (f"; paper {m['paper_params_m']}M / {m['paper_macs_g']}G" if m["paper_params_m"] else
+                 "; no paper numbers")
+        print(f"{m['model']} at {_size_text(m['img_size'])}: {m['params']:,} params ({m['params_m']:.0f}M, "
+              f"whole model incl. the auxiliary head), {m['macs']:,} MACs ({m['macs'] / 1e9:.3f}G, "
+              f"{m['macs_g']:.0f}G) of one eval forward counted as mmcv's get_flops does{paper}")
     else:
-        print(f"{m['model']} at {m['img_size']}x{m['img_size']}: {m['params']:,} params "
+        print(f"{m['model']} at {_size_text(m['img_size'])}: {m['params']:,} params "
               f"({m['params_m']:.1f}M), {m['macs']:,} MACs ({m['macs'] / 1e9:.3f}G, "
               f"{_fmt_g(m['macs_g'])}G rounded half up)")
     return 0
@@ -117,18 +183,8 @@ def recipe_from_args(args):
 
 
 def cmd_train(args) -> int:
-    from .train import RunOptions, train
-    recipe = recipe_from_args(args)
-    amp = None
-    if args.amp:
-        amp = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}[args.amp_dtype]
-    opts = RunOptions(data=args.data, output=args.output, resume=args.resume, pretrained=args.pretrained,
-                      initial_checkpoint=args.initial_checkpoint, device=args.device, workers=args.workers,
-                      amp=amp, channels_last=args.channels_last, compile=args.torchcompile,
-                      grad_checkpointing=args.grad_checkpointing, checkpoint_every=args.checkpoint_every,
-                      tensorboard=args.log_tensorboard, progress=not args.no_progress,
-                      max_updates=args.max_updates)
-    result = train(recipe, opts)
+    from .train import train
+    result = train(recipe_from_args(args), _run_options(args))
     if result.status == "finished":
         print(f"done: best top-1 {result.best_top1:.2f}%, final top-1 {result.final_top1:.2f}% "
               f"after {result.epochs_run} epochs; checkpoints and logs in {result.output}")
@@ -221,6 +277,152 @@ def cmd_seqlen(args) -> int:
     return 0
 
 
+# segment train flag -> SegRecipe field; values left at None keep the recipe's default
+SEG_RECIPE_FLAGS = {
+    "model": "model", "iters": "iters", "batch_size": "batch_size", "grad_accum_steps": "grad_accum_steps",
+    "crop_size": "crop_size", "scale": "scale", "ratio_range": "ratio_range", "lr": "lr",
+    "warmup_iters": "warmup_iters", "weight_decay": "weight_decay", "min_lr": "min_lr",
+    "drop_path": "drop_path", "aux_weight": "aux_weight", "val_every": "val_every", "clip_grad": "clip_grad",
+    "head_channels": "head_channels", "aux_channels": "aux_channels", "head_dropout": "head_dropout",
+    "num_classes": "num_classes", "seed": "seed", "test_mode": "test_mode",
+}
+
+
+def seg_recipe_from_args(args):
+    """The ADE20K recipe with --data; the embedded digits-canvas recipe otherwise."""
+    from dataclasses import replace
+    from .tasks.segmentation import digits_seg_recipe
+    from .recipe import SegRecipe
+    recipe = SegRecipe() if args.data else digits_seg_recipe()
+    changes = {field: tuple(v) if isinstance(v, list) else v for flag, field in SEG_RECIPE_FLAGS.items()
+               if (v := getattr(args, flag, None)) is not None}
+    if args.no_reduce_zero_label:
+        changes["reduce_zero_label"] = False
+    if args.no_photometric:
+        changes["photometric"] = False
+    return replace(recipe, **changes)
+
+
+def _run_options(args):
+    from .engine import RunOptions
+    amp = {"bfloat16": "bf16", "float16": "fp16"}[args.amp_dtype] if args.amp else None
+    return RunOptions(data=args.data, output=args.output, resume=args.resume, pretrained=args.pretrained,
+                      initial_checkpoint=args.initial_checkpoint, device=args.device, workers=args.workers,
+                      amp=amp, channels_last=args.channels_last, compile=args.torchcompile,
+                      grad_checkpointing=args.grad_checkpointing, checkpoint_every=args.checkpoint_every,
+                      tensorboard=args.log_tensorboard, progress=not args.no_progress,
+                      max_updates=args.max_updates, val_batch_size=getattr(args, "val_batch_size", None))
+
+
+def cmd_segment_train(args) -> int:
+    from .tasks.segmentation import train_segmentation
+    result = train_segmentation(seg_recipe_from_args(args), _run_options(args), class_names=args.class_names)
+    if result.status == "finished":
+        print(f"done: best mIoU {result.best:.2f}%, final mIoU {result.final:.2f}% after {result.global_step} "
+              f"iterations; checkpoints and logs in {result.output}")
+    return 0
+
+
+def cmd_segment_eval(args) -> int:
+    from .tasks.segmentation import evaluate_checkpoint
+    amp = {"bfloat16": "bf16", "float16": "fp16"}[args.amp_dtype] if args.amp else None
+    r = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, mode=args.mode, ms=args.ms,
+                            device=args.device, workers=args.workers, amp=amp)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['model']} on {r['data']} [{r['split']}], {r['images']} images, {r['mode']}"
+          f"{' + multi-scale/flip' if r['ms'] else ''}: mIoU {r['mIoU']:.2f}%, aAcc {r['aAcc']:.2f}%, "
+          f"mAcc {r['mAcc']:.2f}%" + (f" ({r['skipped']} samples skipped: {r['skip_reasons']})" if r["skipped"] else ""))
+    width = max(len(n) for n in r["class_names"])
+    for name, iou, acc in zip(r["class_names"], r["per_class_iou"], r["per_class_acc"]):
+        print(f"  {name:<{width}}  IoU {_fmt(iou, 2):>6}  Acc {_fmt(acc, 2):>6}")
+    return 0
+
+
+def cmd_segment_predict(args) -> int:
+    from .tasks.segmentation import predict_images
+    r = predict_images(args.images, args.checkpoint, args.output, mode=args.mode, ms=args.ms, device=args.device)
+    for p in r["written"]:
+        print(f"{p['image']} -> {p['labels']}, {p['overlay']}")
+    for e in r["errors"]:
+        print(f"mambaout: error: cannot read {e['image']}: {e['error']}", file=sys.stderr)
+    return 1 if r["errors"] else 0
+
+
+def _add_train_run_flags(s):
+    """Flags of every training command: where the run goes and how it runs (engine options)."""
+    s.add_argument("--output", help="run folder (default: ./runs/<time>-<model>)")
+    s.add_argument("--resume", help="continue from a training checkpoint (last.pth)")
+    s.add_argument("--pretrained", action="store_true", help="start from the released weights (fine-tune)")
+    s.add_argument("--initial-checkpoint", help="start from these weights (fine-tune)")
+    _add_run_flags(s)
+    s.add_argument("--torchcompile", "--compile", dest="torchcompile", action="store_true")
+    s.add_argument("--grad-checkpointing", action="store_true")
+    s.add_argument("--checkpoint-every", type=int, default=0, help="also save last.pth every N updates")
+    s.add_argument("--log-tensorboard", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--max-updates", type=int, help="stop after N optimizer updates (smoke tests)")
+
+
+def _add_segment_parser(sub):
+    seg = sub.add_parser("segment", help="semantic segmentation: UperNet on ADE20K-layout data (train|eval|predict)")
+    ss = seg.add_subparsers(dest="segment_command", metavar="train|eval|predict", parser_class=_Parser)
+    seg.set_defaults(func=lambda args: (seg.print_help(), 2)[1])
+
+    s = ss.add_parser("train", help="train UperNet (ADE20K recipe with --data; embedded digit canvases without)")
+    s.add_argument("--data", help="root with images/{training,validation} and annotations/{training,validation}")
+    s.add_argument("--model", help="default: upernet_mambaout_tiny with --data, upernet_mambaout_femto without")
+    g = s.add_argument_group("recipe (defaults: the Swin UperNet ADE20K config with the authors' settings)")
+    g.add_argument("--iters", type=int, help="optimizer updates in total (ADE20K: 160000)")
+    g.add_argument("-b", "--batch-size", type=int, help="per process (ADE20K: 16 in total)")
+    g.add_argument("--grad-accum-steps", type=int)
+    g.add_argument("--crop-size", type=int, help="training crop (ADE20K: 512)")
+    g.add_argument("--scale", type=int, nargs=2, metavar=("W", "H"),
+                   help="random-resize base scale in training and the resize at test time (ADE20K: 2048 512)")
+    g.add_argument("--ratio-range", type=float, nargs=2, metavar=("MIN", "MAX"), help="random resize ratios (0.5 2.0)")
+    g.add_argument("--lr", type=float, help="peak lr (1e-4)")
+    g.add_argument("--warmup-iters", type=int, help="linear warmup (1500)")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--min-lr", type=float)
+    g.add_argument("--drop-path", type=float, help="backbone stochastic depth (default: per model)")
+    g.add_argument("--aux-weight", type=float, help="auxiliary FCN head loss weight (0.4)")
+    g.add_argument("--head-channels", type=int, help="UperNet decode head width (512)")
+    g.add_argument("--head-dropout", type=float, help="dropout before the heads' classifiers (0.1)")
+    g.add_argument("--aux-channels", type=int, help="auxiliary FCN head width (256)")
+    g.add_argument("--val-every", type=int, help="validate every N updates (16000)")
+    g.add_argument("--test-mode", choices=["whole", "slide"], help="validation inference (whole)")
+    g.add_argument("--clip-grad", type=float)
+    g.add_argument("--num-classes", type=int, help="classes of your own data (ADE20K: 150)")
+    g.add_argument("--no-reduce-zero-label", action="store_true",
+                   help="label 0 is a real class (ADE20K: 0 = other, ignored)")
+    g.add_argument("--class-names", metavar="FILE", help="one class name per line")
+    g.add_argument("--no-photometric", action="store_true", help="no photometric distortion")
+    g.add_argument("--seed", type=int)
+    _add_train_run_flags(s)
+    s.add_argument("--val-batch-size", type=int)
+    s.set_defaults(func=cmd_segment_train)
+
+    s = ss.add_parser("eval", help="mIoU, aAcc, mAcc and per-class IoU of a checkpoint")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--data", help="dataset root (default: the checkpoint's embedded default)")
+    s.add_argument("--split", default="validation")
+    s.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the recipe's)")
+    s.add_argument("--ms", action="store_true", help="multi-scale (0.5-1.75) + flip testing")
+    s.add_argument("--json", action="store_true")
+    _add_run_flags(s)
+    s.set_defaults(func=cmd_segment_eval)
+
+    s = ss.add_parser("predict", help="label maps (annotation encoding) and colour overlays for images")
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("-o", "--output", required=True, metavar="DIR")
+    s.add_argument("--mode", choices=["whole", "slide"])
+    s.add_argument("--ms", action="store_true")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_segment_predict)
+
+
 def cmd_study(args) -> int:
     from .study import Study, report, run_study
     study = Study(mixers=args.mixers, seeds=args.seeds, dim=args.dim, data=args.data,
@@ -249,12 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("models", help="the variant table: paper vs measured params/MACs")
     s.add_argument("pattern", nargs="?", help="shell-style filter, e.g. '*base*'")
     s.add_argument("--img-size", type=int, help="default: each model's own (224; 32 for study_*)")
+    s.add_argument("--task", choices=["classification", "segmentation", "all"],
+                   help="which tables (default: all; with --json the classification rows only)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("complexity", help="measure params and MACs of one model")
     s.add_argument("model")
-    s.add_argument("--img-size", type=int, help="default: the model's own (224; 32 for study_*)")
+    s.add_argument("--img-size", type=img_size_arg, metavar="N|HxW",
+                   help="default: the model's own (224; 32 for study_*; 512x2048 for upernet_*)")
     s.add_argument("--num-classes", type=int, default=None)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_complexity)
@@ -262,10 +467,6 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train or fine-tune (Table 2 recipe; embedded digits set without --data)")
     s.add_argument("--data", help="ImageFolder root with train/<class>/* and val/<class>/*")
     s.add_argument("--model", help="default: mambaout_femto on digits, mambaout_tiny with --data")
-    s.add_argument("--output", help="run folder (default: ./runs/<time>-<model>)")
-    s.add_argument("--resume", help="continue from a training checkpoint (last.pth)")
-    s.add_argument("--pretrained", action="store_true", help="start from the released weights (fine-tune)")
-    s.add_argument("--initial-checkpoint", help="start from these weights (fine-tune)")
     g = s.add_argument_group("recipe (defaults: Table 2 with --data, the digits recipe without)")
     g.add_argument("--epochs", type=int)
     g.add_argument("-b", "--batch-size", type=int, help="per process")
@@ -299,13 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model-ema", action="store_true")
     g.add_argument("--model-ema-decay", type=float)
     g.add_argument("--seed", type=int)
-    _add_run_flags(s)
-    s.add_argument("--torchcompile", "--compile", dest="torchcompile", action="store_true")
-    s.add_argument("--grad-checkpointing", action="store_true")
-    s.add_argument("--checkpoint-every", type=int, default=0, help="also save last.pth every N updates")
-    s.add_argument("--log-tensorboard", action="store_true")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.add_argument("--max-updates", type=int, help="stop after N optimizer updates (smoke tests)")
+    _add_train_run_flags(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("validate", help="top-1/top-5/loss of a checkpoint on an ImageFolder split or the digits set")
@@ -374,6 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="output .safetensors file")
     s.add_argument("--num-classes", type=int, default=None)
     s.set_defaults(func=cmd_convert)
+
+    _add_segment_parser(sub)
 
     s = sub.add_parser("study", help="Table 8: train isotropic Conv / Attention / SSM models over seeds and compare")
     s.add_argument("--mixers", nargs="+", default=["conv", "attn", "ssm"], metavar="MIXER",

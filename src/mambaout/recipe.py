@@ -121,6 +121,9 @@ class SegRecipe:
     warmup_ratio: float = 1e-6
     drop_path: Optional[float] = None         # None: the model's own (authors: T 0.3, S 0.3, B 0.6)
     aux_weight: float = 0.4                   # upernet_swin.py: auxiliary FCNHead loss_weight
+    head_channels: int = 512                  # upernet_swin.py: UPerHead channels
+    aux_channels: int = 256                   # upernet_swin.py: FCNHead channels
+    head_dropout: float = 0.1                 # upernet_swin.py: dropout_ratio of both heads
     val_every: int = 16_000                   # schedule_160k.py: evaluation interval
     test_mode: str = "whole"                  # upernet_swin.py: test_cfg mode 'whole' (also: "slide")
     clip_grad: Optional[float] = None         # Swin config: none

@@ -18,6 +18,7 @@ import logging
 import math
 import signal
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -247,7 +248,7 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
             f"same augmentation: fix or remove it, or change the recipe, first)"))
 
     status, final, skipped, stop_requested, batches = "finished", None, 0, False, None
-    skipped_total, loss_sum, loss_n, t_interval = 0, 0.0, 0, time.time()
+    skipped_total, loss_sum, loss_n, t_interval, reasons = 0, 0.0, 0, time.time(), Counter()
     try:
         while global_step < total_updates and status == "finished":
             # ---- one pass over the data (an epoch), possibly cut short ------------------------
@@ -264,7 +265,7 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
                     batch = next(batches)
                     if isinstance(batch, SampleFailure):
                         raise stop_on_data_error(DataPipelineError(batch), epoch, update)
-                    skipped += batch[2]
+                    skipped += _count(batch[2], reasons)
                     seed = _micro_seed(recipe.seed, epoch, update, micro, d.rank)
                     torch.manual_seed(seed)
                     np.random.seed(seed % 2 ** 32)
@@ -315,7 +316,8 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
                     skipped = int(all_reduce_sum(torch.tensor(skipped, dtype=torch.float64).to(d.device), d).item())
                     skipped_total += skipped
                     if skipped and d.is_main:
-                        log.warning("skipped %d unreadable sample(s) since the last validation", skipped)
+                        log.warning("skipped %d unusable sample(s) since the last validation%s", skipped,
+                                    f" (this process: {_reasons(reasons)})" if reasons else "")
                     try:
                         metrics = task.evaluate(ema.module if ema is not None else model, d, amp_dtype,
                                                 opts.channels_last, opts.workers, opts.val_batch_size)
@@ -344,6 +346,7 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
                             ckpt.save(s, out / "best.pth")
                         logs.write_logs(out, history, tb, task.metric_keys, "epoch" if task.per_epoch else "step")
                     skipped, loss_sum, loss_n, t_interval = 0, 0.0, 0, time.time()
+                    reasons.clear()
 
                 done_updates = opts.max_updates is not None and global_step >= opts.max_updates
                 ending = global_step < total_updates and (stop_requested or done_updates)
@@ -387,6 +390,18 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
             log.warning("stopped by %s after update %d; resume with: mambaout %s --resume %s",
                         signal.Signals(stop["signal"]).name, global_step, task.command, out / "last.pth")
     return result
+
+
+def _count(skipped, reasons: Counter) -> int:
+    """A batch's skipped samples: a count, or a Counter of reasons (added to `reasons`)."""
+    if isinstance(skipped, int):
+        return skipped
+    reasons.update(skipped)
+    return sum(skipped.values())
+
+
+def _reasons(reasons: Counter) -> str:
+    return ", ".join(f"{n} {r}" for r, n in reasons.most_common())
 
 
 def _epochs(total_updates: int, updates_per_epoch: int) -> int:

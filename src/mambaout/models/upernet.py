@@ -153,8 +153,8 @@ def get_segmentation_variant(name: str) -> SegVariant:
 
 
 def create_upernet(name: str, num_classes: Optional[int] = None, pretrained: bool = False,
-                   checkpoint_path=None, drop_path_rate: Optional[float] = None,
-                   **backbone_kwargs) -> UperNetSegmentor:
+                   checkpoint_path=None, drop_path_rate: Optional[float] = None, channels: int = 512,
+                   aux_channels: int = 256, dropout: float = 0.1, **backbone_kwargs) -> UperNetSegmentor:
     """Build `upernet_<backbone>` (see SEGMENTATION_VARIANTS).
 
     num_classes: default 150 (ADE20K).
@@ -165,6 +165,9 @@ def create_upernet(name: str, num_classes: Optional[int] = None, pretrained: boo
         told apart by its keys; both load strictly.
     drop_path_rate: None means 0, as in create_model; the segmentation training value is
         SEGMENTATION_VARIANTS[name].drop_path.
+    channels / aux_channels: decode / auxiliary head widths (the paper's 512 / 256; smaller
+        heads suit small images, e.g. the embedded digits recipe).
+    dropout: before each head's classifier (mmseg's dropout_ratio 0.1).
     backbone_kwargs: MambaOut constructor options for the backbone (in_chans, ...).
     """
     v = get_segmentation_variant(name)
@@ -177,7 +180,7 @@ def create_upernet(name: str, num_classes: Optional[int] = None, pretrained: boo
                                drop_path_rate=drop_path_rate or 0.0, **backbone_kwargs)
     if sd is not None and not whole:
         backbone.load_classification_state_dict(sd, source=f"checkpoint {checkpoint_path}")
-    model = UperNetSegmentor(backbone, num_classes)
+    model = UperNetSegmentor(backbone, num_classes, channels=channels, aux_channels=aux_channels, dropout=dropout)
     if whole:
         fit_state_dict(model, sd, source=f"checkpoint {checkpoint_path}")
     model.variant = v.name

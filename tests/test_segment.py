@@ -1,0 +1,191 @@
+"""Segmentation on the engine: training (loss, resume, torchrun parity, bad data), eval (mIoU
+against an independent count), predict (label maps and overlays), and the command line."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mambaout.cli import main
+from mambaout.engine import RunOptions
+from mambaout.recipe import SegRecipe
+from mambaout.tasks.segmentation import evaluate_checkpoint, predict_images, train_segmentation
+from imagesets import make_seg_folder
+from test_train import ROOT, env1, model_state
+
+
+def seg_args(data, out, *extra):
+    return ["segment", "train", "--data", str(data), "--output", str(out), "--model", "upernet_mambaout_femto",
+            "--crop-size", "32", "--scale", "64", "32", "-b", "4", "--iters", "6", "--val-every", "3",
+            "--lr", "2e-3", "--warmup-iters", "1", "--head-channels", "32", "--aux-channels", "16", "--num-classes", "4",
+            "--drop-path", "0", "-j", "0", "--no-progress", "--device", "cpu", *extra]
+
+
+def small_recipe(**kw):
+    r = SegRecipe(model="upernet_mambaout_femto", num_classes=4, crop_size=32, scale=(64, 32), batch_size=4,
+                  iters=6, val_every=3, lr=2e-3, warmup_iters=1, head_channels=32, aux_channels=16, drop_path=0.0)
+    for k, v in kw.items():
+        setattr(r, k, v)
+    return r
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_seg_folder(tmp_path_factory.mktemp("ade") / "data", n=(16, 4), labels=(0, 1, 2, 3, 4))
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("segrun") / "run"
+    res = train_segmentation(small_recipe(iters=150, val_every=75, lr=5e-3), RunOptions(
+        data=str(data), output=str(out), workers=0, progress=False))
+    return out, res
+
+
+def test_loss_decreases_and_outputs(trained):
+    out, res = trained
+    assert res.status == "finished" and res.global_step == 150 and len(res.history) == 2
+    losses = [float(r.split(",")[3]) for r in (out / "steps.csv").read_text().splitlines()[1:]]
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+    for name in ("last.pth", "best.pth", "metrics.csv", "steps.csv", "curves.png", "summary.json"):
+        assert (out / name).exists(), name
+    assert (out / "metrics.csv").read_text().startswith("step,epoch,train_loss,mIoU,mAcc,aAcc")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "segmentation" and summary["best_mIoU"] == max(h["mIoU"] for h in res.history)
+    ck = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert ck["task"] == "segmentation" and ck["global_step"] == 150 and len(ck["class_names"]) == 4
+
+
+def _labels_of(path):
+    return np.asarray(Image.open(path), dtype=np.int64)
+
+
+def test_eval_miou_equals_independent_count_of_predictions(trained, data, tmp_path):
+    out, _ = trained
+    r = evaluate_checkpoint(out / "last.pth", data=str(data), workers=0, device="cpu")
+    assert r["images"] == 4 and r["skipped"] == 0
+    # predict writes label maps in the annotation encoding (reduce-zero-label: class k -> k + 1)
+    images = sorted((data / "images" / "validation").glob("*.jpg"))
+    p = predict_images([str(i) for i in images], out / "last.pth", tmp_path / "pred", device="cpu")
+    assert not p["errors"] and len(p["written"]) == 4
+    inter, union = np.zeros(4), np.zeros(4)
+    for img in images:
+        pred = _labels_of(tmp_path / "pred" / f"{img.stem}.png")
+        gt = _labels_of(data / "annotations" / "validation" / f"{img.stem}.png")
+        assert pred.shape == gt.shape and pred.min() >= 1          # 0 ("other") is never predicted
+        keep = gt != 0
+        for c in range(1, 5):
+            inter[c - 1] += np.sum((pred == c) & (gt == c) & keep)
+            union[c - 1] += np.sum(((pred == c) | (gt == c)) & keep)
+        assert (tmp_path / "pred" / f"{img.stem}_overlay.png").exists()
+    present = union > 0
+    assert r["mIoU"] == pytest.approx(100 * np.mean(inter[present] / union[present]), abs=1e-6)
+    assert r["aAcc"] > 40  # the colour gives the class away (chance: 25%)
+
+
+def test_eval_modes_and_cli(trained, data, capsys):
+    out, _ = trained
+    assert main(["segment", "eval", "--checkpoint", str(out / "last.pth"), "--data", str(data), "-j", "0",
+                 "--device", "cpu", "--json"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert main(["segment", "eval", "--checkpoint", str(out / "last.pth"), "--data", str(data), "-j", "0",
+                 "--device", "cpu", "--mode", "slide", "--ms", "--json"]) == 0
+    ms = json.loads(capsys.readouterr().out)
+    assert ms["mode"] == "slide" and ms["ms"] and 0 <= ms["mIoU"] <= 100 and ms["images"] == whole["images"]
+    assert main(["segment", "eval", "--checkpoint", str(out / "last.pth"), "--data", str(data), "-j", "0",
+                 "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "mIoU" in text and "aAcc" in text and "mAcc" in text and "IoU" in text.splitlines()[1]
+
+
+def test_resume_equals_uninterrupted(data, tmp_path):
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    opts = dict(data=str(data), workers=0, progress=False)
+    train_segmentation(small_recipe(iters=5), RunOptions(output=str(ref), **opts))
+    res = train_segmentation(small_recipe(iters=5), RunOptions(output=str(cut), max_updates=2, **opts))
+    assert res.status == "stopped"
+    train_segmentation(small_recipe(iters=5), RunOptions(output=str(cut), resume=str(cut / "last.pth"), **opts))
+    a, b = model_state(ref / "last.pth"), model_state(cut / "last.pth")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (ref / "steps.csv").read_text() == (cut / "steps.csv").read_text()
+
+
+def test_torchrun_two_processes_match_one_process(data, tmp_path):
+    """2 processes x batch 2 (gloo, BatchNorm statistics all-reduced) == 1 process x batch 4."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = seg_args(data, "X", "--iters", "4", "--val-every", "2", "--head-dropout", "0")
+    args = args[:args.index("--output")] + args[args.index("--output") + 2:]
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                         "-m", "mambaout", *args, "-b", "2", "--output", str(two)],
+                        env=env1(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    r1 = subprocess.run([sys.executable, "-m", "mambaout", *args, "-b", "4", "--output", str(one)],
+                        env=env1(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    l1 = [float(r.split(",")[3]) for r in (one / "steps.csv").read_text().splitlines()[1:]]
+    l2 = [float(r.split(",")[3]) for r in (two / "steps.csv").read_text().splitlines()[1:]]
+    assert len(l1) == 4 and l1 == pytest.approx(l2, rel=1e-3, abs=1e-4)
+    a, b = model_state(one / "last.pth"), model_state(two / "last.pth")
+    for k in a:
+        # The output norms' biases feed only BatchNorm-ed convs: their gradient is zero up to
+        # float noise, which Adam scales to lr-sized steps of either sign. Not compared.
+        if not k.startswith("backbone.out_norms.") or not k.endswith("bias"):
+            assert torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-4), k
+    s1, s2 = (json.loads((p / "summary.json").read_text()) for p in (one, two))
+    assert s2["world_size"] == 2 and s1["final_mIoU"] == pytest.approx(s2["final_mIoU"], abs=1e-6)
+
+
+def test_bad_data_is_skipped_and_counted(tmp_path, caplog):
+    data = make_seg_folder(tmp_path / "data", n=(12, 2), labels=(0, 1, 2, 3, 4))
+    train_imgs, train_anns = data / "images" / "training", data / "annotations" / "training"
+    (train_imgs / "000.jpg").write_bytes(b"not an image")                          # unreadable image
+    Image.new("L", (10, 10)).save(train_anns / "001.png")                          # another size
+    Image.fromarray(np.full((28, 40), 200, np.uint8)).save(train_anns / "002.png")  # label out of range
+    (train_anns / "003.png").unlink()                                               # no annotation
+    out = tmp_path / "run"
+    res = train_segmentation(small_recipe(iters=4, val_every=4), RunOptions(data=str(data), output=str(out),
+                                                                             workers=0, progress=False))
+    assert res.status == "finished"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_images"] == 11 and summary["skipped_images"] >= 1
+    text = caplog.text
+    assert "no annotation" in text and "size mismatch" in text or "unreadable image" in text
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--model", "upernet_mambaout_tiny_k8"], "unknown model"),
+    (["--model", "mambaout_tiny"], "classification model"),
+    (["--iters", "0"], "must be positive"),
+    (["-b", "1"], "at least 2 images"),
+    (["--ratio-range", "2", "1"], "--ratio-range"),
+])
+def test_cli_errors_are_one_line(data, tmp_path, capsys, extra, needle):
+    code = main(seg_args(data, tmp_path / "r", *extra))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_cli_path_errors(tmp_path, capsys):
+    code = main(seg_args(tmp_path / "missing", tmp_path / "r"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "not found" in err[-1]
+    for argv in (["segment", "eval", "--checkpoint", str(tmp_path / "nope.pth")],
+                 ["segment", "predict", "x.jpg", "--checkpoint", str(tmp_path / "nope.pth"), "-o", str(tmp_path)]):
+        assert main(argv) == 2
+        assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_predict_reports_unreadable_images(trained, tmp_path, capsys):
+    out, _ = trained
+    good = tmp_path / "a.png"
+    Image.fromarray(np.zeros((30, 50, 3), np.uint8)).save(good)
+    bad = tmp_path / "b.jpg"
+    bad.write_bytes(b"")
+    code = main(["segment", "predict", str(good), str(bad), "--checkpoint", str(out / "last.pth"),
+                 "-o", str(tmp_path / "p"), "--device", "cpu"])
+    assert code == 1 and "cannot read" in capsys.readouterr().err
+    assert Image.open(tmp_path / "p" / "a.png").size == (50, 30)
