@@ -193,7 +193,7 @@ def cmd_train(args) -> int:
 
 def cmd_validate(args) -> int:
     from .evaluate import validate
-    amp = {"bfloat16": "bf16", "float16": "fp16"}[args.amp_dtype] if args.amp else None
+    amp = _amp(args)
     r = validate(args.checkpoint, args.model, args.pretrained, args.data, args.split, args.batch_size,
                  args.workers, args.img_size, args.crop_pct, args.device, amp, args.channels_last)
     if args.json:
@@ -303,9 +303,14 @@ def seg_recipe_from_args(args):
     return replace(recipe, **changes)
 
 
+def _amp(args):
+    """--amp [--amp-dtype] -> None, "bf16" or "fp16"."""
+    return {"bfloat16": "bf16", "float16": "fp16"}[args.amp_dtype] if args.amp else None
+
+
 def _run_options(args):
     from .engine import RunOptions
-    amp = {"bfloat16": "bf16", "float16": "fp16"}[args.amp_dtype] if args.amp else None
+    amp = _amp(args)
     return RunOptions(data=args.data, output=args.output, resume=args.resume, pretrained=args.pretrained,
                       initial_checkpoint=args.initial_checkpoint, device=args.device, workers=args.workers,
                       amp=amp, channels_last=args.channels_last, compile=args.torchcompile,
@@ -325,7 +330,7 @@ def cmd_segment_train(args) -> int:
 
 def cmd_segment_eval(args) -> int:
     from .tasks.segmentation import evaluate_checkpoint
-    amp = {"bfloat16": "bf16", "float16": "fp16"}[args.amp_dtype] if args.amp else None
+    amp = _amp(args)
     r = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, mode=args.mode, ms=args.ms,
                             device=args.device, workers=args.workers, amp=amp)
     if args.json:
