@@ -35,6 +35,7 @@ class Recipe(Protocol):
 
 class Task(Protocol):
     name: str                        # "classification", "segmentation": stored in checkpoints
+    command: str                     # the `mambaout` subcommand that resumes it ("train", "segment train")
     recipe: Recipe
     score_key: str                   # the validation metric that picks best.pth ("top1", "mIoU")
     metric_keys: Sequence[str]       # validation metrics plotted in curves.png

@@ -21,7 +21,7 @@ from ..data.segmentation import (IGNORE_INDEX, DigitsSegmentation, SegFolder, Sk
 from ..distributed import Dist, all_reduce_sum, cleanup, setup
 from ..engine import RunOptions, TrainResult, fit
 from ..errors import CheckpointError, MambaOutError
-from ..models import create_model
+from ..models import create_model, get_variant
 from ..models.segmentation_variants import SEGMENTATION_VARIANTS
 from ..recipe import SegRecipe
 from .seg_eval import IoUMeter, colorize, infer_multiscale, infer_slide, infer_whole, overlay
@@ -54,7 +54,7 @@ class SegmentationTask:
     def check(self):
         r = self.recipe
         if r.model not in SEGMENTATION_VARIANTS:
-            create_model(r.model)   # raises the one-line unknown-model error with close matches
+            get_variant(r.model)    # raises the one-line unknown-model error with close matches
             raise MambaOutError(f"{r.model} is a classification model; segmentation models are "
                                 f"{', '.join(SEGMENTATION_VARIANTS)}")
         if r.iters <= 0 or r.val_every <= 0 or r.crop_size <= 0 or min(r.scale) <= 0:
