@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .data import (DataPipelineError, EvalShardSampler, GuardedSamples, SampleFailure, collate_skip_bad,
-                   eval_transform, shutdown_workers, worker_ignore_signals)
+from .data import EvalShardSampler, GuardedSamples, collate_skip_bad, eval_transform, worker_ignore_signals
+from .data.loader import checked_batches
 from .distributed import Dist, all_reduce_sum, setup
 from .errors import MambaOutError
 
@@ -21,12 +21,8 @@ def evaluate(model, loader, d: Dist, amp_dtype: Optional[torch.dtype] = None,
              channels_last: bool = False) -> dict:
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64)  # loss, top1, top5, count, skipped
-    batches = iter(loader)
-    try:
-        for batch in batches:
-            if isinstance(batch, SampleFailure):
-                raise DataPipelineError(batch)
-            images, targets, skipped = batch
+    with checked_batches(loader) as batches:
+        for images, targets, skipped in batches:
             sums[4] += skipped
             if images is None:
                 continue
@@ -43,8 +39,6 @@ def evaluate(model, loader, d: Dist, amp_dtype: Optional[torch.dtype] = None,
             sums[1] += hit[:, 0].sum().item()
             sums[2] += hit.any(dim=1).sum().item()
             sums[3] += len(targets)
-    finally:
-        shutdown_workers(batches)
     sums = all_reduce_sum(sums.to(d.device), d).cpu()
     n = int(sums[3])
     if n == 0:

@@ -10,6 +10,7 @@ with `shutdown_workers`, on every exit path, and an exit hook kills any that rem
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing
 import multiprocessing.util  # registers multiprocessing's exit hook before ours (see below)
 import signal
@@ -38,6 +39,25 @@ def shutdown_workers(batches) -> None:
             if w.is_alive():
                 w.kill()
                 w.join(_JOIN_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def checked_batches(loader):
+    """`with checked_batches(loader) as batches: for batch in batches: ...` -- the loader's
+    batches, with a SampleFailure (a transform that raised) turned into DataPipelineError, and
+    the workers stopped however the block ends."""
+    from .datasets import DataPipelineError, SampleFailure
+
+    def raising(it):
+        for batch in it:
+            if isinstance(batch, SampleFailure):
+                raise DataPipelineError(batch)
+            yield batch
+    it = iter(loader)
+    try:
+        yield raising(it)
+    finally:
+        shutdown_workers(it)
 
 
 @atexit.register

@@ -270,12 +270,12 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
                     torch.manual_seed(seed)
                     np.random.seed(seed % 2 ** 32)
                     inputs, targets = task.train_inputs(batch, d.device)
-                    if opts.channels_last:
+                    if opts.channels_last and isinstance(inputs, torch.Tensor):
                         inputs = inputs.contiguous(memory_format=torch.channels_last)
                     sync = micro == recipe.grad_accum_steps - 1 or not d.enabled
                     ctx = train_model.no_sync() if (d.enabled and not sync) else contextlib.nullcontext()
                     with ctx, torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        loss = task.loss(train_model(inputs), targets)
+                        loss = task.forward_loss(train_model, inputs, targets)
                     scaler.scale(loss / recipe.grad_accum_steps).backward()
                     update_loss += loss.detach().double().cpu() / recipe.grad_accum_steps
                 # all processes agree on the loss (and on stopping) before stepping

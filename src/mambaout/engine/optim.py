@@ -19,7 +19,9 @@ def build_scheduler(optimizer, recipe, updates_per_epoch: int):
     recipe.total_updates(updates_per_epoch) updates:
       "cosine": linear warmup from warmup_lr for warmup_epochs, then cosine to min_lr (Table 2);
       "poly":   linear warmup from warmup_ratio x lr for warmup_iters, then (1 - t)^power decay
-                to min_lr (mmseg's PolyLR, as the Swin UperNet configs use it)."""
+                to min_lr (mmseg's PolyLR, as the Swin UperNet configs use it);
+      "step":   linear warmup from warmup_ratio x lr for warmup_iters, lr x lr_gamma at the
+                start of each epoch in lr_steps (mmdet's 1x / 3x schedules)."""
     total = recipe.total_updates(updates_per_epoch)
     if recipe.sched == "cosine":
         from timm.scheduler import CosineLRScheduler
@@ -32,4 +34,13 @@ def build_scheduler(optimizer, recipe, updates_per_epoch: int):
         return PolyLRScheduler(optimizer, t_initial=total, power=recipe.poly_power, lr_min=recipe.min_lr,
                                warmup_t=recipe.warmup_iters, warmup_lr_init=peak * recipe.warmup_ratio,
                                warmup_prefix=False, t_in_epochs=False)
-    raise MambaOutError(f"unknown schedule {recipe.sched!r}: the recipes use 'cosine' or 'poly'")
+    if recipe.sched == "step":
+        from timm.scheduler import MultiStepLRScheduler
+        peak = optimizer.param_groups[0]["lr"]
+        # timm applies milestone m at index m - 1; index n sets the lr of update n + 1, so a
+        # milestone of e x updates_per_epoch + 1 decays from the first update after epoch e.
+        return MultiStepLRScheduler(optimizer, decay_t=[round(e * updates_per_epoch) + 1 for e in recipe.lr_steps],
+                                    decay_rate=recipe.lr_gamma, warmup_t=recipe.warmup_iters,
+                                    warmup_lr_init=peak * recipe.warmup_ratio, warmup_prefix=False,
+                                    t_in_epochs=False)
+    raise MambaOutError(f"unknown schedule {recipe.sched!r}: the recipes use 'cosine', 'poly' or 'step'")

@@ -62,7 +62,9 @@ class Task(Protocol):
     def train_inputs(self, batch: Any, device: torch.device) -> Tuple[Any, Any]:
         """(inputs, targets) on the device, after batch-level augmentation (mixup)."""
 
-    def loss(self, output: Any, targets: Any) -> torch.Tensor: ...
+    def forward_loss(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
+        """The training loss of one micro-batch: usually loss(model(inputs), targets); a
+        detector takes the targets in its forward and returns its losses."""
 
     def evaluate(self, model: nn.Module, dist, amp_dtype, channels_last: bool, workers: int,
                  batch_size: Optional[int]) -> dict:

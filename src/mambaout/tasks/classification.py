@@ -88,6 +88,9 @@ class ClassificationTask:
             images, targets = self.mixup(images, targets)
         return images, targets
 
+    def forward_loss(self, model, inputs, targets):
+        return self.loss(model(inputs), targets)
+
     def loss(self, logits, targets):
         # an empty micro-batch still runs backward (every DDP process must), with a zero loss
         return self.criterion(logits.float(), targets) if len(logits) else logits.sum() * 0

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .. import checkpoint as ckpt
-from ..data import DataPipelineError, EvalShardSampler, GuardedSamples, SampleFailure, load_image, shutdown_workers
-from ..data.loader import worker_ignore_signals
+from ..data import EvalShardSampler, GuardedSamples, load_image
+from ..data.loader import checked_batches, worker_ignore_signals
 from ..data.segmentation import (IGNORE_INDEX, DigitsSegmentation, SegFolder, SkipCounts, collate_seg_eval,
                                  collate_seg_train, seg_eval_transform, seg_train_transform)
 from ..distributed import Dist, all_reduce_sum, cleanup, setup
@@ -110,6 +110,9 @@ class SegmentationTask:
             images, masks = torch.zeros(0, 3, c, c), torch.zeros(0, c, c, dtype=torch.long)
         return images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
 
+    def forward_loss(self, model, inputs, targets):
+        return self.loss(model(inputs), targets)
+
     def loss(self, out: dict, masks: torch.Tensor) -> torch.Tensor:
         """CE(decode) + aux_weight x CE(auxiliary), logits upsampled to the label size; the mean
         runs over all pixels, ignored ones included (mmseg 0.x's CrossEntropyLoss without
@@ -164,19 +167,13 @@ def evaluate_segmentation(model, loader, d: Dist, num_classes: int, recipe: SegR
     meter = IoUMeter(num_classes, device=d.device)
     skips, images = SkipCounts(), 0
     predict = predictor(model, recipe, d.device, amp_dtype, channels_last, mode or recipe.test_mode, ms)
-    batches = iter(loader)
-    try:
-        for batch in batches:
-            if isinstance(batch, SampleFailure):
-                raise DataPipelineError(batch)
-            imgs, masks, skipped = batch
+    with checked_batches(loader) as batches:
+        for imgs, masks, skipped in batches:
             skips += skipped
             for img, mask in zip(imgs, masks):
                 scores = predict(img[None].to(d.device), tuple(mask.shape[-2:]))
                 meter.update(scores.argmax(1)[0], mask.to(d.device))
                 images += 1
-    finally:
-        shutdown_workers(batches)
     meter.all_reduce(lambda t: all_reduce_sum(t, d))
     counts = all_reduce_sum(torch.tensor([images, skips.total()], dtype=torch.float64, device=d.device), d)
     if counts[0] == 0:
