@@ -23,6 +23,27 @@ that rule all eight paper rows (Tiny k3..k11, Small, Base) round to the printed 
 and ConvNeXt-T's UperNet to its 939G. Counting BatchNorm (as "fvcore" does) shifts Tiny
 by +0.24G, enough to turn Table 3's 936 / 941 into 937 / 942.
 
+"mmcv" for detection (Mask R-CNN, the paper's "FLOPs" at 1280x800): mmdetection's
+tools/get_flops.py runs mmcv's counter on the detector's forward_dummy (mmdet's
+two_stage.py / standard_roi_head.py): backbone, FPN and RPN head on one 3 x 1280 x 800
+image, then the box head on 1000 random proposals (RoIs pooled to 7x7) and the mask head
+on the first 100 of them (rois[:100], 14x14). Our MambaOutMaskRCNN.forward_dummy runs the
+same pass (count_macs calls a model's forward_dummy when it has one); RoIAlign, anchors,
+NMS and box decoding count 0 (functional or outside mmcv's table), so the pooled features
+are made at their shape. Same module rules as above, plus ConvTranspose2d (the mask
+head's 2x upsampling): input positions x k x Cin x Cout/groups, plus for the bias Cout x
+Hout x Hout per image (mmcv's formula, which squares the output height; the RoI maps are
+square). Where torchvision's parts differ from mmdet's, we count mmdet's (together 0.044G
+at 1280x800): the ReLU after the RPN's 3x3 conv is an nn.ReLU module in torchvision but
+F.relu (uncounted) in mmdet; the two box-head ReLUs are F.relu in torchvision but an
+nn.ReLU module (counted, 1 per output) in mmdet; mmdet's box regressor predicts
+num_classes x 4 deltas (torchvision (num_classes + 1) x 4) and its mask logits conv
+num_classes maps (torchvision num_classes + 1). With these rules Tiny / Small / Base give
+262.46 / 353.71 / 494.71G at (H, W) = (800, 1280) or (1280, 800), which round to the
+paper's 262 / 354 / 495G (counting torchvision's parts as they are gives 262.51, i.e. 263,
+for Tiny). The model's own resize / normalisation (GeneralizedRCNNTransform) is not part
+of the count: the image goes to forward_dummy at the given size, as in get_flops.
+
 Both run on the meta device: no memory, no compute.
 """
 from __future__ import annotations
@@ -175,6 +196,12 @@ def _mmcv_linear(m, x, out):
     return x.numel() * out.shape[-1]
 
 
+def _mmcv_deconv(m, x, out):             # mmcv's deconv hook: bias over Hout x Hout (sic)
+    weights = prod(m.kernel_size) * m.in_channels * (m.out_channels // m.groups)
+    bias = m.out_channels * out.shape[0] * out.shape[2] * out.shape[2] if m.bias is not None else 0
+    return x.shape[0] * prod(x.shape[2:]) * weights + bias
+
+
 def _mmcv_output(m, x, out):
     return out.numel()
 
@@ -194,21 +221,47 @@ MMCV_RULES: Dict[type, Callable] = {
                      nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm), _mmcv_norm),
     nn.Linear: _mmcv_linear,
     nn.Upsample: _mmcv_output,
+    nn.ConvTranspose2d: _mmcv_deconv,
 }
 # The paper's segmentation models ran with SyncBatchNorm, which mmcv's table lacks (see above).
 MMCV_SKIPPED = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 CONVENTIONS = ("fvcore", "mmcv")
 
 
+def _mmdet_rules(model: nn.Module) -> Dict[nn.Module, Optional[Callable]]:
+    """Per-module rules that count torchvision's Mask R-CNN parts as mmdetection's are counted
+    (None: not counted). Empty for models without torchvision's RPN / RoI heads."""
+    rpn, roi = getattr(model, "rpn", None), getattr(model, "roi_heads", None)
+    if rpn is None or roi is None:
+        return {}
+    rules: Dict[nn.Module, Optional[Callable]] = {}
+    for m in rpn.head.modules():                 # mmdet's RPNHead applies F.relu
+        if type(m) in MMCV_RULES and not isinstance(m, (nn.Conv2d, nn.Linear)):
+            rules[m] = None
+    for m in roi.box_head.children():            # mmdet's box head: fc -> nn.ReLU (counted)
+        if type(m) is nn.Linear:
+            rules[m] = lambda m, x, out: _mmcv_linear(m, x, out) + out.numel()
+    # mmdet predicts num_classes x 4 box deltas (no background box) and num_classes mask maps.
+    reg = roi.box_predictor.bbox_pred
+    rules[reg] = lambda m, x, out: x.numel() * (out.shape[-1] - 4)
+    logits = roi.mask_predictor.mask_fcn_logits
+    rules[logits] = lambda m, x, out: _mmcv_conv(m, x, out) * (m.out_channels - 1) // m.out_channels
+    return rules
+
+
 @contextmanager
 def _mmcv_counter(model: nn.Module, by_type: Dict[str, int]):
     """Forward hooks adding each counted module's MACs to by_type[type name]."""
+    special = _mmdet_rules(model)
+
     def hook(m, inputs, out):
         name = type(m).__name__
-        by_type[name] = by_type.get(name, 0) + int(MMCV_RULES[type(m)](m, inputs[0], out))
+        rule = special.get(m, MMCV_RULES.get(type(m)))
+        by_type[name] = by_type.get(name, 0) + int(rule(m, inputs[0], out))
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if type(m) in MMCV_RULES and type(m) not in MMCV_SKIPPED]
+               if (m in special and special[m] is not None)
+               or (m not in special and type(m) in MMCV_RULES and type(m) not in MMCV_SKIPPED)]
     try:
         yield
     finally:
@@ -224,7 +277,8 @@ def count_macs(model: nn.Module, img_size=224, in_chans: Optional[int] = None,
                batch_size: int = 1, convention: str = "fvcore") -> int:
     """MACs of one eval-mode forward pass for a `batch_size` x in_chans x H x W input
     (img_size: int or (H, W)), on the meta device (the model is copied there, so a real
-    model is untouched). convention: "fvcore" or "mmcv" (see the module docstring)."""
+    model is untouched). convention: "fvcore" or "mmcv" (see the module docstring).
+    A model with a `forward_dummy` (the Mask R-CNN models) is counted on that pass."""
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
@@ -240,8 +294,9 @@ def count_macs(model: nn.Module, img_size=224, in_chans: Optional[int] = None,
     try:
         for m, _ in fast:
             m.fast = False
+        run = getattr(meta_model, "forward_dummy", None) or meta_model
         with torch.no_grad(), counter:
-            meta_model(x)
+            run(x)
     finally:
         for m, flag in fast:
             m.fast = flag
@@ -271,15 +326,21 @@ def measure(name: str, img_size=None, convention: Optional[str] = None, **model_
     convention "mmcv" by default, params of the whole model (auxiliary head included, as
     the paper's), MACs of the eval forward (no auxiliary head); params_m and macs_g
     rounded to integers as the paper prints them, and the paper's numbers beside them.
+    Detection models ('mask_rcnn_*'): at img_size int or (H, W) (default 800 x 1280, the
+    paper's 1280 x 800), convention "mmcv" by default, params of the whole model (default
+    80 categories), MACs of forward_dummy (box head on 1000 RoIs, mask head on 100; the
+    paper calls these multiply-adds FLOPs), rounded to integers, and the paper's numbers
+    (paper_macs_g is the paper's "FLOPs").
     """
-    from .models import SEGMENTATION_VARIANTS, create_model, get_variant
+    from .models import DETECTION_VARIANTS, SEGMENTATION_VARIANTS, create_model, get_variant
+    from .models.detection_variants import FLOPS_SIZE
     from .models.segmentation_variants import MACS_SIZE
-    seg = SEGMENTATION_VARIANTS.get(name)
+    seg = SEGMENTATION_VARIANTS.get(name) or DETECTION_VARIANTS.get(name)
     if seg is None:
         img_size = img_size or get_variant(name).input_size
         model_kwargs["img_size"] = img_size
     else:
-        img_size = img_size or MACS_SIZE
+        img_size = img_size or (MACS_SIZE if name in SEGMENTATION_VARIANTS else FLOPS_SIZE)
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     convention = convention or ("fvcore" if seg is None else "mmcv")
     with torch.device("meta"):
@@ -293,4 +354,5 @@ def measure(name: str, img_size=None, convention: Optional[str] = None, **model_
     return {"model": name, "img_size": img_size, "convention": convention, "params": params,
             "macs": macs, "params_m": round_half_up(params / 1e6, 0),
             "macs_g": round_half_up(macs / 1e9, 0),
-            "paper_params_m": seg.paper_params_m, "paper_macs_g": seg.paper_macs_g}
+            "paper_params_m": seg.paper_params_m,
+            "paper_macs_g": seg.paper_macs_g if name in SEGMENTATION_VARIANTS else seg.paper_flops_g}

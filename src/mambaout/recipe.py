@@ -156,3 +156,74 @@ class SegRecipe:
     def from_dict(cls, d: dict) -> "SegRecipe":
         names = {f.name for f in fields(cls)}
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
+
+
+@dataclass
+class DetRecipe:
+    """Mask R-CNN on COCO. Sources: mmdetection's Swin Mask R-CNN config
+    (configs/swin/mask_rcnn_swin-t-p4-w7_fpn_1x_coco.py with _base_/models/mask_rcnn_r50_fpn.py,
+    _base_/datasets/coco_instance.py, _base_/schedules/schedule_1x.py), the set-up the authors
+    say they followed, with their learning rate 1e-4 (official issue #251, for all sizes)."""
+    model: str = "mask_rcnn_mambaout_tiny"
+    schedule: str = "1x"                      # "1x": 12 epochs, steps 8 / 11; "3x": 36 epochs, 27 / 33
+    epochs: int = 12                          # schedule_1x.py: max_epochs 12
+    lr_steps: Tuple[int, ...] = (8, 11)       # schedule_1x.py: MultiStepLR milestones [8, 11], gamma 0.1
+    lr_gamma: float = 0.1
+    batch_size: int = 16                      # per process; Swin config: 8 GPUs x 2 = global batch 16
+    grad_accum_steps: int = 1
+    lr: float = 1e-4                          # authors (issue #251); Swin's config also 1e-4
+    opt: str = "adamw"                        # Swin config: AdamW, betas (0.9, 0.999), weight decay 0.05
+    opt_eps: float = 1e-8
+    opt_betas: Tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.05                # none on norms, biases, layer scale (Swin: norm decay_mult 0)
+    sched: str = "step"
+    min_lr: float = 0.0
+    warmup_iters: int = 500                   # schedule_1x.py: LinearLR start_factor 0.001, 500 iters
+    warmup_ratio: float = 0.001
+    min_size: int = 800                       # coco_instance.py: Resize (1333, 800) keep_ratio
+    max_size: int = 1333
+    multiscale: Optional[Tuple[int, int]] = None   # 3x: shorter side 480-800
+    hflip: float = 0.5                        # coco_instance.py: RandomFlip 0.5
+    rois_per_image: int = 512                 # mask_rcnn_r50_fpn.py: rcnn sampler num 512
+    proposals: int = 2000                     # RPN proposals kept per image in training (torchvision: 2000)
+    drop_path: Optional[float] = None         # None: the model's own (not given by the paper)
+    clip_grad: Optional[float] = None         # Swin Mask R-CNN config: none
+    model_ema: bool = False
+    model_ema_decay: float = 0.9999
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.schedule not in ("1x", "3x"):
+            raise ValueError(f"schedule must be 1x or 3x, got {self.schedule!r}")
+
+    @classmethod
+    def three_x(cls, **kw) -> "DetRecipe":
+        """mmdet's 3x multi-scale schedule (Swin's mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py
+        without the crop): 36 epochs, lr x0.1 at 27 and 33, shorter side 480-800."""
+        return cls(schedule="3x", epochs=36, lr_steps=(27, 33), multiscale=(480, 800), **kw)
+
+    def peak_lr(self, world_size: int = 1) -> float:
+        return self.lr
+
+    def global_batch(self, world_size: int = 1) -> int:
+        return world_size * self.batch_size * self.grad_accum_steps
+
+    def total_updates(self, updates_per_epoch: int) -> int:
+        return self.epochs * updates_per_epoch
+
+    def val_interval(self, updates_per_epoch: int) -> int:
+        return updates_per_epoch                # mmdet: evaluate after every epoch
+
+    def drop_path_rate(self) -> float:
+        if self.drop_path is not None:
+            return self.drop_path
+        from .models.detection_variants import DETECTION_VARIANTS
+        return DETECTION_VARIANTS[self.model].drop_path
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DetRecipe":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})

@@ -1,8 +1,11 @@
 from .blocks import GatedCNNBlock, MlpHead, Stem, Downsample
 from .mambaout import MambaOut, MambaOutStage
-from .registry import create_model, get_variant, list_models, list_segmentation_models, pretrained_cfg
+from .registry import (create_model, get_variant, list_detection_models, list_models, list_segmentation_models,
+                       pretrained_cfg)
 from .backbone import MambaOutBackbone, create_backbone
 from .segmentation_variants import SEGMENTATION_VARIANTS, SegVariant
+from .detection_variants import DETECTION_VARIANTS, DetVariant
+from .mask_rcnn import MambaOutFPN, MambaOutMaskRCNN, create_mask_rcnn
 from .upernet import UperNetSegmentor
 from .variants import VARIANTS, Variant
 from .weights import load_checkpoint, official_to_timm, read_checkpoint

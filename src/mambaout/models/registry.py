@@ -1,4 +1,4 @@
-"""create_model / list_models over the variant table, and the segmentation models built on its rows."""
+"""create_model / list_models over the variant table, and the segmentation and detection models built on its rows."""
 from __future__ import annotations
 
 import difflib
@@ -10,6 +10,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..errors import MambaOutError, UnknownModelError
 from .mambaout import MambaOut
+from .detection_variants import DETECTION_VARIANTS
 from .segmentation_variants import SEGMENTATION_VARIANTS
 from .variants import VARIANTS, Variant
 from .weights import fetch_pretrained, fit_state_dict, load_checkpoint, read_checkpoint, extract_state_dict
@@ -33,6 +34,11 @@ def list_segmentation_models(pattern: Optional[str] = None) -> List[str]:
     return [n for n in SEGMENTATION_VARIANTS if not pattern or fnmatch.fnmatch(n, pattern)]
 
 
+def list_detection_models(pattern: Optional[str] = None) -> List[str]:
+    """Detection model names ('mask_rcnn_mambaout_tiny', ...), optionally filtered like list_models."""
+    return [n for n in DETECTION_VARIANTS if not pattern or fnmatch.fnmatch(n, pattern)]
+
+
 def split_name(name: str) -> Tuple[str, Optional[str]]:
     """'mambaout_tiny.in1k' -> ('mambaout_tiny', 'in1k'); also accepts 'timm/' / 'hf-hub:' prefixes."""
     for prefix in ("hf-hub:", "hf_hub:", "timm/"):
@@ -48,15 +54,19 @@ def get_variant(name: str) -> Variant:
     if base in SEGMENTATION_VARIANTS:
         raise UnknownModelError(f"'{name}' is a segmentation model, not a row of the variant table "
                                 f"(see list_segmentation_models)")
+    if base in DETECTION_VARIANTS:
+        raise UnknownModelError(f"'{name}' is a detection model, not a row of the variant table "
+                                f"(see list_detection_models)")
     if base not in VARIANTS:
         raise unknown_model(name)
     return VARIANTS[base]
 
 
 def unknown_model(name: str) -> UnknownModelError:
-    """One-line error with the closest names of both tables (classification and segmentation)."""
+    """One-line error with the closest names of all tables (classification, segmentation, detection)."""
     base, _ = split_name(name)
-    close = difflib.get_close_matches(base, list(VARIANTS) + list(SEGMENTATION_VARIANTS), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(base, list(VARIANTS) + list(SEGMENTATION_VARIANTS) + list(DETECTION_VARIANTS),
+                                      n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return UnknownModelError(f"unknown model '{name}'{hint} (see `mambaout models`)")
 
@@ -128,7 +138,21 @@ def create_model(name: str, pretrained: bool = False, num_classes: Optional[int]
     pretrained loads the backbone's ImageNet weights, checkpoint_path is a classification
     checkpoint for the backbone or a whole segmentation state dict, and overrides go to the
     backbone.
+
+    Detection names ('mask_rcnn_mambaout_tiny', see list_detection_models) build a torchvision
+    MaskRCNN on the backbone (models/mask_rcnn.py, create_mask_rcnn): num_classes counts the
+    object categories (default 80, background excluded), pretrained / checkpoint_path as for
+    segmentation (a whole detection state dict instead of a segmentation one), overrides go to
+    create_mask_rcnn (min_size, rois_per_image, MaskRCNN options, backbone options).
     """
+    if name in DETECTION_VARIANTS:
+        from .mask_rcnn import create_mask_rcnn   # mask_rcnn -> backbone imports this module
+        if in_chans != 3:
+            overrides["in_chans"] = in_chans
+        if num_classes is not None:
+            overrides["num_classes"] = num_classes
+        return create_mask_rcnn(name, pretrained=pretrained, checkpoint_path=checkpoint_path,
+                                drop_path_rate=drop_path_rate, **overrides)
     if name in SEGMENTATION_VARIANTS:
         from .upernet import create_upernet   # upernet -> backbone imports this module
         if in_chans != 3:
