@@ -72,6 +72,35 @@ def _print_segmentation_rows(rows):
               f"{r['params_m']:>6.0f}{_fmt(r['paper_macs_g'], 0):>15}{r['macs_g']:>9.0f}{miou:>18}  {r['source']}")
 
 
+def detection_rows(pattern=None) -> list:
+    """`mambaout models` rows of the detection models (params / FLOPs as the paper counts them)."""
+    from .complexity import measure
+    from .models import DETECTION_VARIANTS, list_detection_models
+    rows = []
+    for name in list_detection_models(pattern):
+        v, m = DETECTION_VARIANTS[name], measure(name)
+        rows.append(dict(model=name, task="detection", head="mask_rcnn", backbone=v.backbone,
+                         drop_path=v.drop_path, img_size=list(m["img_size"]), convention=m["convention"],
+                         params=m["params"], macs=m["macs"], params_m=m["params_m"], macs_g=m["macs_g"],
+                         paper_params_m=v.paper_params_m, paper_macs_g=v.paper_flops_g,
+                         paper_box_ap=v.paper_ap[0] if v.paper_ap else None,
+                         paper_mask_ap=v.paper_ap[1] if v.paper_ap else None, source=v.source))
+    return rows
+
+
+def _print_detection_rows(rows):
+    head = (f"{'model':<28}{'size':>10}{'paper P(M)':>11}{'P(M)':>6}{'paper FLOPs(G)':>16}{'FLOPs(G)':>10}"
+            f"{'paper AP box/mask':>19}  source")
+    print("\nDetection (Mask R-CNN 1x, COCO): params of the whole model, FLOPs (multiply-adds) at 1280x800 "
+          "as mmdet's get_flops counts them, rounded half up")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ap = f"{r['paper_box_ap']}/{r['paper_mask_ap']}" if r["paper_box_ap"] else "-"
+        print(f"{r['model']:<28}{_size_text(tuple(r['img_size'])):>10}{_fmt(r['paper_params_m'], 0):>11}"
+              f"{r['params_m']:>6.0f}{_fmt(r['paper_macs_g'], 0):>16}{r['macs_g']:>10.0f}{ap:>19}  {r['source']}")
+
+
 def cmd_models(args) -> int:
     from .complexity import measure
     from .models import VARIANTS, list_models
@@ -79,6 +108,7 @@ def cmd_models(args) -> int:
     task = args.task or ("classification" if args.json else "all")
     names = list_models(args.pattern) if task in ("classification", "all") else []
     seg_rows = segmentation_rows(args.pattern) if task in ("segmentation", "all") else []
+    det_rows = detection_rows(args.pattern) if task in ("detection", "all") else []
     rows = []
     for name in names:
         v = VARIANTS[name]
@@ -91,11 +121,13 @@ def cmd_models(args) -> int:
                          macs_g=m["macs_g"], img_size=m["img_size"],
                          weights=[f"{name}.{t}" for t in v.hub_tags], source=v.source))
     if args.json:
-        print(json.dumps(rows + seg_rows, indent=2))
+        print(json.dumps(rows + seg_rows + det_rows, indent=2))
         return 0
     if not rows:
         if seg_rows:
             _print_segmentation_rows(seg_rows)
+        if det_rows:
+            _print_detection_rows(det_rows)
         return 0
     head = (f"{'model':<24}{'depths':<16}{'dims':<22}{'size':>5}{'paper P(M)':>11}{'P(M)':>8}"
             f"{'paper MACs(G)':>15}{'MACs(G)':>9}{'paper top-1':>13}  {'source':<18}weights")
@@ -110,14 +142,16 @@ def cmd_models(args) -> int:
               f"{', '.join(r['weights'])}")
     if seg_rows:
         _print_segmentation_rows(seg_rows)
+    if det_rows:
+        _print_detection_rows(det_rows)
     return 0
 
 
 def cmd_complexity(args) -> int:
     from .complexity import measure
-    from .models import SEGMENTATION_VARIANTS, get_variant
-    seg = args.model in SEGMENTATION_VARIANTS
-    if not seg:
+    from .models import DETECTION_VARIANTS, SEGMENTATION_VARIANTS, get_variant
+    seg, det = args.model in SEGMENTATION_VARIANTS, args.model in DETECTION_VARIANTS
+    if not (seg or det):
         get_variant(args.model)
     if args.img_size is not None and min(_size_pair(args.img_size)) <= 0:
         raise MambaOutError(f"--img-size must be positive, got {_size_text(args.img_size)}")
@@ -125,12 +159,15 @@ def cmd_complexity(args) -> int:
     m = measure(args.model, args.img_size, **kw)
     if args.json:
         print(json.dumps(m))
-    elif seg:
+    elif seg or det:
         paper = (f"; paper {m['paper_params_m']}M / {m['paper_macs_g']}G" if m["paper_params_m"] else
                  "; no paper numbers")
+        what = ("whole model incl. the auxiliary head), {macs} MACs ({g:.3f}G, {r:.0f}G) of one eval forward"
+                if seg else "whole model), {macs} MACs ({g:.3f}G, {r:.0f}G) of backbone, FPN and RPN head on the "
+                "image plus the box head on 1000 RoIs and the mask head on 100 (mmdet's forward_dummy)")
         print(f"{m['model']} at {_size_text(m['img_size'])}: {m['params']:,} params ({m['params_m']:.0f}M, "
-              f"whole model incl. the auxiliary head), {m['macs']:,} MACs ({m['macs'] / 1e9:.3f}G, "
-              f"{m['macs_g']:.0f}G) of one eval forward counted as mmcv's get_flops does{paper}")
+              + what.format(macs=f"{m['macs']:,}", g=m["macs"] / 1e9, r=m["macs_g"])
+              + f", counted as mmcv's get_flops does{paper}")
     else:
         print(f"{m['model']} at {_size_text(m['img_size'])}: {m['params']:,} params "
               f"({m['params_m']:.1f}M), {m['macs']:,} MACs ({m['macs'] / 1e9:.3f}G, "
@@ -355,6 +392,114 @@ def cmd_segment_predict(args) -> int:
     return 1 if r["errors"] else 0
 
 
+# detect train flag -> DetRecipe field
+DET_RECIPE_FLAGS = {
+    "model": "model", "epochs": "epochs", "batch_size": "batch_size", "grad_accum_steps": "grad_accum_steps",
+    "lr": "lr", "warmup_iters": "warmup_iters", "weight_decay": "weight_decay", "min_size": "min_size",
+    "max_size": "max_size", "rois_per_image": "rois_per_image", "proposals": "proposals",
+    "drop_path": "drop_path", "clip_grad": "clip_grad", "lr_steps": "lr_steps", "seed": "seed",
+}
+
+
+def det_recipe_from_args(args):
+    """The COCO 1x recipe (or 3x) with data; the embedded digit canvases otherwise."""
+    from dataclasses import replace
+    from .recipe import DetRecipe
+    from .tasks.detection import det_digits_recipe
+    has_data = args.data or args.train_ann
+    recipe = (DetRecipe.three_x() if args.schedule == "3x" else DetRecipe()) if has_data else det_digits_recipe()
+    changes = {field: tuple(v) if isinstance(v, list) else v for flag, field in DET_RECIPE_FLAGS.items()
+               if (v := getattr(args, flag, None)) is not None}
+    return replace(recipe, **changes)
+
+
+def cmd_detect_train(args) -> int:
+    from .tasks.detection import train_detection
+    result = train_detection(det_recipe_from_args(args), _run_options(args), train_ann=args.train_ann,
+                             train_images=args.train_images, val_ann=args.val_ann, val_images=args.val_images)
+    if result.status == "finished":
+        print(f"done: best box AP {result.best:.2f}, final box AP {result.final:.2f} after {result.epochs_run} "
+              f"epochs; checkpoints and logs in {result.output}")
+    return 0
+
+
+def cmd_detect_eval(args) -> int:
+    from .tasks.detection import METRICS, evaluate_checkpoint
+    r = evaluate_checkpoint(args.checkpoint, data=args.data, ann=args.ann, images=args.images,
+                            results_file=args.results, device=args.device, workers=args.workers,
+                            batch_size=args.batch_size, amp=_amp(args))
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['model']} on {r['annotations']}: {r['images']} images, {r['detections']} detections"
+          + (f" ({r['skipped']} unreadable images skipped)" if r["skipped"] else ""))
+    for t, label in (("bbox", "box "), ("segm", "mask")):
+        print(f"  {label}  " + "  ".join(f"{k} {r[f'{t}_{k}']:.1f}" for k in METRICS))
+    if args.results:
+        print(f"COCO results written to {args.results}")
+    return 0
+
+
+def cmd_detect_predict(args) -> int:
+    from .tasks.detection import predict_images
+    r = predict_images(args.images, args.checkpoint, args.output, score_thr=args.score_thr, device=args.device)
+    for p in r["written"]:
+        print(f"{p['image']} -> {p['drawn']}: {len(p['detections'])} detection(s)")
+    for e in r["errors"]:
+        print(f"mambaout: error: cannot read {e['image']}: {e['error']}", file=sys.stderr)
+    return 1 if r["errors"] else 0
+
+
+def _add_detect_parser(sub):
+    det = sub.add_parser("detect", help="object detection + instance segmentation: Mask R-CNN on COCO-format data")
+    ds = det.add_subparsers(dest="detect_command", metavar="train|eval|predict", parser_class=_Parser)
+    det.set_defaults(func=lambda args: (det.print_help(), 2)[1])
+
+    s = ds.add_parser("train", help="train Mask R-CNN (COCO 1x recipe with data; embedded digit canvases without)")
+    s.add_argument("--data", help="COCO 2017 layout: annotations/instances_{train,val}2017.json, {train,val}2017/")
+    for flag in ("train-ann", "train-images", "val-ann", "val-images"):
+        s.add_argument(f"--{flag}", help="another layout: annotation JSON files and image folders")
+    s.add_argument("--model", help="default: mask_rcnn_mambaout_tiny with data, mask_rcnn_mambaout_femto without")
+    g = s.add_argument_group("recipe (defaults: mmdetection's Swin Mask R-CNN 1x with the authors' lr)")
+    g.add_argument("--schedule", choices=["1x", "3x"], default="1x", help="3x: 36 epochs, multi-scale 480-800")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--lr-steps", type=int, nargs="+", metavar="EPOCH", help="lr x0.1 after these epochs (8 11)")
+    g.add_argument("-b", "--batch-size", type=int, help="per process (COCO: 16 in total)")
+    g.add_argument("--grad-accum-steps", type=int)
+    g.add_argument("--lr", type=float, help="peak lr (1e-4)")
+    g.add_argument("--warmup-iters", type=int, help="linear warmup from 0.001 x lr (500)")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--min-size", type=int, help="shorter image side (800)")
+    g.add_argument("--max-size", type=int, help="longer image side at most (1333)")
+    g.add_argument("--rois-per-image", type=int, help="RoIs sampled per image for the box/mask heads (512)")
+    g.add_argument("--proposals", type=int, help="RPN proposals kept per image in training (2000)")
+    g.add_argument("--drop-path", type=float, help="backbone stochastic depth (default: per model)")
+    g.add_argument("--clip-grad", type=float)
+    g.add_argument("--seed", type=int)
+    _add_train_run_flags(s)
+    s.add_argument("--val-batch-size", type=int)
+    s.set_defaults(func=cmd_detect_train)
+
+    s = ds.add_parser("eval", help="COCO box and mask AP of a checkpoint")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--data", help="COCO 2017 layout root (its val2017 split)")
+    s.add_argument("--ann", help="annotation JSON (another layout; with --images)")
+    s.add_argument("--images", help="image folder of --ann")
+    s.add_argument("--results", metavar="FILE.json", help="also write the COCO results JSON")
+    s.add_argument("-b", "--batch-size", type=int, default=2)
+    s.add_argument("--json", action="store_true", help="print the APs (percent) as JSON")
+    _add_run_flags(s)
+    s.set_defaults(func=cmd_detect_eval)
+
+    s = ds.add_parser("predict", help="draw boxes, classes, scores and masks on images; detections.json")
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("-o", "--output", required=True, metavar="DIR")
+    s.add_argument("--score-thr", type=float, default=0.5)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_detect_predict)
+
+
 def _add_train_run_flags(s):
     """Flags of every training command: where the run goes and how it runs (engine options)."""
     s.add_argument("--output", help="run folder (default: ./runs/<time>-<model>)")
@@ -456,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("models", help="the variant table: paper vs measured params/MACs")
     s.add_argument("pattern", nargs="?", help="shell-style filter, e.g. '*base*'")
     s.add_argument("--img-size", type=int, help="default: each model's own (224; 32 for study_*)")
-    s.add_argument("--task", choices=["classification", "segmentation", "all"],
+    s.add_argument("--task", choices=["classification", "segmentation", "detection", "all"],
                    help="which tables (default: all; with --json the classification rows only)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_models)
@@ -464,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("complexity", help="measure params and MACs of one model")
     s.add_argument("model")
     s.add_argument("--img-size", type=img_size_arg, metavar="N|HxW",
-                   help="default: the model's own (224; 32 for study_*; 512x2048 for upernet_*)")
+                   help="default: the model's own (224; 32 for study_*; 512x2048 for upernet_*; 800x1280 for mask_rcnn_*)")
     s.add_argument("--num-classes", type=int, default=None)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_complexity)
@@ -576,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_convert)
 
     _add_segment_parser(sub)
+    _add_detect_parser(sub)
 
     s = sub.add_parser("study", help="Table 8: train isotropic Conv / Attention / SSM models over seeds and compare")
     s.add_argument("--mixers", nargs="+", default=["conv", "attn", "ssm"], metavar="MIXER",

@@ -136,8 +136,9 @@ def create_mask_rcnn(name: str, num_classes: int = 80, pretrained: bool = False,
     v = get_detection_variant(name)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes <= 0:
         raise MambaOutError(f"num_classes must be a positive integer, got {num_classes!r}")
-    for option, value in (("min_size", min_size), ("max_size", max_size), ("rois_per_image", rois_per_image),
-                          ("rpn_post_nms_top_n_train", rpn_post_nms_top_n_train)):
+    sizes = min_size if isinstance(min_size, (tuple, list)) and min_size else (min_size,)  # tuple: multi-scale
+    for option, value in (*(("min_size", s) for s in sizes), ("max_size", max_size),
+                          ("rois_per_image", rois_per_image), ("rpn_post_nms_top_n_train", rpn_post_nms_top_n_train)):
         if not isinstance(value, int) or value <= 0:
             raise MambaOutError(f"{option} must be a positive integer, got {value!r}")
     if kw.get("in_chans", 3) != 3:

@@ -1,0 +1,144 @@
+"""Detection on the engine: a few training iterations lower the loss, resume equals an
+uninterrupted run, eval's AP equals pycocotools' re-score of the results JSON, 2-process
+evaluation counts each image once, predict draws, bad data, command-line errors."""
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mambaout.cli import main
+from mambaout.engine import RunOptions
+from mambaout.tasks.detection import det_digits_recipe, evaluate_checkpoint, predict_images, train_detection
+from imagesets import make_coco_set
+from test_train import ROOT, env1, model_state
+
+
+def tiny_recipe(**kw):
+    small = dict(epochs=1, lr_steps=(1,), batch_size=2, min_size=64, max_size=64, rois_per_image=32, proposals=50,
+                 warmup_iters=1, lr=1e-3)
+    return replace(det_digits_recipe(), **{**small, **kw})
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    """A tiny COCO set with every kind of bad data (make_coco_set) used for training and val."""
+    images, ann, _ = make_coco_set(tmp_path_factory.mktemp("coco") / "set")
+    return dict(train_ann=str(ann), train_images=str(images), val_ann=str(ann), val_images=str(images))
+
+
+@pytest.fixture(scope="module")
+def trained(coco, tmp_path_factory):
+    out = tmp_path_factory.mktemp("detrun") / "run"
+    res = train_detection(tiny_recipe(epochs=8, lr_steps=(6, 7)), RunOptions(output=str(out), workers=0,
+                                                                                progress=False), **coco)
+    return out, res
+
+
+def test_training_lowers_the_loss_on_bad_data(trained):
+    out, res = trained
+    assert res.status == "finished" and res.epochs_run == 8
+    losses = [float(r.split(",")[3]) for r in (out / "steps.csv").read_text().splitlines()[1:]]
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
+    summary = json.loads((out / "summary.json").read_text())
+    # 5 images: missing.png and broken.jpg are skipped every epoch, the negative c.png is kept
+    assert summary["task"] == "detection" and summary["train_images"] == 5 and summary["skipped_images"] > 0
+    ck = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert ck["class_names"] == ["cat", "dog", "brush"] and ck["cat_ids"] == [1, 5, 90]
+
+
+def test_eval_ap_equals_rescored_results_json(trained, coco, tmp_path):
+    from pycocotools.cocoeval import COCOeval
+    from mambaout.data.coco import CocoDetection
+    out, _ = trained
+    results = tmp_path / "results.json"
+    m = evaluate_checkpoint(out / "last.pth", ann=coco["val_ann"], images=coco["val_images"], results_file=results,
+                            device="cpu", workers=0)
+    assert m["images"] == 3 and m["skipped"] == 2
+    rows = json.loads(results.read_text())
+    assert rows and {r["category_id"] for r in rows} <= {1, 5, 90}
+    assert all(len(r["bbox"]) == 4 and isinstance(r["segmentation"]["counts"], str) for r in rows)
+    # the ground truth as the dataset reads it: the file holds malformed annotations (a bbox "oops",
+    # box-only ones) that pycocotools cannot score; CocoDetection drops or completes them
+    gt = CocoDetection(coco["val_images"], coco["val_ann"], train=False).coco
+    res = gt.loadRes(str(results))           # the standard way to score a results file
+    for iou_type, key in (("bbox", "bbox_AP"), ("segm", "segm_AP")):
+        ev = COCOeval(gt, res, iou_type)
+        ev.params.imgIds = [1, 2, 3]
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+        assert m[key] == pytest.approx(100 * max(ev.stats[0], 0), abs=1e-6)
+
+
+def test_resume_equals_uninterrupted(coco, tmp_path):
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    r = tiny_recipe(epochs=2)
+    train_detection(r, RunOptions(output=str(ref), workers=0, progress=False), **coco)
+    res = train_detection(r, RunOptions(output=str(cut), workers=0, progress=False, max_updates=1), **coco)
+    assert res.status == "stopped"
+    train_detection(r, RunOptions(output=str(cut), workers=0, progress=False, resume=str(cut / "last.pth")), **coco)
+    a, b = model_state(ref / "last.pth"), model_state(cut / "last.pth")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (ref / "steps.csv").read_text() == (cut / "steps.csv").read_text()
+
+
+def test_two_process_eval_counts_each_image_once(trained, coco, tmp_path):
+    out, _ = trained
+    one = evaluate_checkpoint(out / "last.pth", ann=coco["val_ann"], images=coco["val_images"], device="cpu",
+                              workers=0)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                        "mambaout", "detect", "eval", "--checkpoint", str(out / "last.pth"), "--ann", coco["val_ann"],
+                        "--images", coco["val_images"], "--json", "-j", "0", "--device", "cpu", "-b", "1"],
+                       env=env1(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = json.loads(r.stdout.strip().splitlines()[-1])
+    assert two["images"] == one["images"] == 3 and two["detections"] == one["detections"]
+    assert two["bbox_AP"] == pytest.approx(one["bbox_AP"]) and two["segm_AP"] == pytest.approx(one["segm_AP"])
+
+
+def test_predict_draws_and_writes_json(trained, coco, tmp_path, capsys):
+    out, _ = trained
+    img = f"{coco['val_images']}/a.png"
+    bad = tmp_path / "empty.jpg"
+    bad.write_bytes(b"")
+    code = main(["detect", "predict", img, str(bad), "--checkpoint", str(out / "last.pth"), "-o", str(tmp_path / "p"),
+                 "--score-thr", "0.0", "--device", "cpu"])
+    assert code == 1 and "cannot read" in capsys.readouterr().err
+    drawn = Image.open(tmp_path / "p" / "a.png")
+    assert drawn.size == Image.open(img).size
+    dets = json.loads((tmp_path / "p" / "detections.json").read_text())
+    assert dets[0]["image"] == img and all(d["label"] in ("cat", "dog", "brush") for d in dets[0]["detections"])
+
+
+def test_eval_json_cli(trained, coco, capsys):
+    out, _ = trained
+    assert main(["detect", "eval", "--checkpoint", str(out / "last.pth"), "--ann", coco["val_ann"], "--images",
+                 coco["val_images"], "-j", "0", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "box" in text and "mask" in text and "AP50" in text
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--model", "mask_rcnn_mambaout_tinny"], "unknown model"),
+    (["--model", "upernet_mambaout_tiny"], "not a detection model"),
+    (["--epochs", "0"], "must be positive"),
+    (["--train-ann", "x.json"], "give all of"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, extra, needle):
+    code = main(["detect", "train", "--output", str(tmp_path / "r"), "-j", "0", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_malformed_annotation_file_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    (tmp_path / "imgs").mkdir()
+    code = main(["detect", "train", "--train-ann", str(bad), "--train-images", str(tmp_path / "imgs"),
+                 "--val-ann", str(bad), "--val-images", str(tmp_path / "imgs"), "--output", str(tmp_path / "r"), "-j", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "bad.json" in err[0], err
