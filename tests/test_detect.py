@@ -142,3 +142,28 @@ def test_malformed_annotation_file_is_one_line(tmp_path, capsys):
                  "--val-ann", str(bad), "--val-images", str(tmp_path / "imgs"), "--output", str(tmp_path / "r"), "-j", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "bad.json" in err[0], err
+
+
+def test_recipes_1x_3x_and_step_schedule():
+    from mambaout.cli import build_parser, det_recipe_from_args
+    from mambaout.engine import build_optimizer, build_scheduler
+    from mambaout.recipe import DetRecipe
+    from mambaout.tasks.detection import build_detector
+    r = det_recipe_from_args(build_parser().parse_args(["detect", "train", "--data", "x", "--schedule", "3x"]))
+    assert (r.epochs, r.lr_steps, r.multiscale) == (36, (27, 33), (480, 800))
+    with torch.device("meta"):
+        model = build_detector(r, 80)
+    assert model.transform.min_size == tuple(range(480, 801, 32)) and model.transform.max_size == 1333
+    one_x = DetRecipe()
+    assert (one_x.epochs, one_x.lr_steps, one_x.lr, one_x.weight_decay, one_x.warmup_iters) == (12, (8, 11), 1e-4, 0.05, 500)
+    lin = torch.nn.Linear(2, 2)
+    opt = build_optimizer(lin, one_x, one_x.lr)
+    sched = build_scheduler(opt, one_x, updates_per_epoch=100)   # 500 warmup updates = 5 epochs
+
+    def lr_of_update(n):          # the lr used by update n (1-based): set by step_update(n - 1)
+        sched.step_update(n - 1)
+        return opt.param_groups[0]["lr"]
+    assert lr_of_update(1) == pytest.approx(1e-7)
+    assert lr_of_update(501) == pytest.approx(1e-4) and lr_of_update(800) == pytest.approx(1e-4)
+    assert lr_of_update(801) == pytest.approx(1e-5) and lr_of_update(1100) == pytest.approx(1e-5)
+    assert lr_of_update(1101) == pytest.approx(1e-6)
