@@ -167,3 +167,22 @@ def test_recipes_1x_3x_and_step_schedule():
     assert lr_of_update(501) == pytest.approx(1e-4) and lr_of_update(800) == pytest.approx(1e-4)
     assert lr_of_update(801) == pytest.approx(1e-5) and lr_of_update(1100) == pytest.approx(1e-5)
     assert lr_of_update(1101) == pytest.approx(1e-6)
+
+
+def test_missing_pycocotools_is_one_line(tmp_path, capsys, monkeypatch):
+    import builtins
+    import mambaout.tasks
+    real_import = builtins.__import__
+
+    def no_coco(name, *a, **kw):
+        if name.startswith("pycocotools"):
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        return real_import(name, *a, **kw)
+    for mod in [m for m in sys.modules if m.startswith(("mambaout.tasks.detection", "mambaout.tasks.det_eval",
+                                                         "mambaout.data.coco", "pycocotools"))]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.delattr(mambaout.tasks, "detection", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_coco)
+    code = main(["detect", "train", "--output", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pip install 'mambaout[detection]'" in err[0], err

@@ -401,11 +401,22 @@ DET_RECIPE_FLAGS = {
 }
 
 
+def _detection():
+    """mambaout.tasks.detection, or one line naming the extra when pycocotools is missing."""
+    try:
+        from .tasks import detection
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "pycocotools":
+            raise MambaOutError("mambaout detect needs pycocotools: pip install 'mambaout[detection]'") from None
+        raise
+    return detection
+
+
 def det_recipe_from_args(args):
     """The COCO 1x recipe (or 3x) with data; the embedded digit canvases otherwise."""
     from dataclasses import replace
     from .recipe import DetRecipe
-    from .tasks.detection import det_digits_recipe
+    det_digits_recipe = _detection().det_digits_recipe
     has_data = args.data or args.train_ann
     recipe = (DetRecipe.three_x() if args.schedule == "3x" else DetRecipe()) if has_data else det_digits_recipe()
     changes = {field: tuple(v) if isinstance(v, list) else v for flag, field in DET_RECIPE_FLAGS.items()
@@ -414,8 +425,7 @@ def det_recipe_from_args(args):
 
 
 def cmd_detect_train(args) -> int:
-    from .tasks.detection import train_detection
-    result = train_detection(det_recipe_from_args(args), _run_options(args), train_ann=args.train_ann,
+    result = _detection().train_detection(det_recipe_from_args(args), _run_options(args), train_ann=args.train_ann,
                              train_images=args.train_images, val_ann=args.val_ann, val_images=args.val_images)
     if result.status == "finished":
         print(f"done: best box AP {result.best:.2f}, final box AP {result.final:.2f} after {result.epochs_run} "
@@ -424,8 +434,9 @@ def cmd_detect_train(args) -> int:
 
 
 def cmd_detect_eval(args) -> int:
-    from .tasks.detection import METRICS, evaluate_checkpoint
-    r = evaluate_checkpoint(args.checkpoint, data=args.data, ann=args.ann, images=args.images,
+    detection = _detection()
+    METRICS = detection.METRICS
+    r = detection.evaluate_checkpoint(args.checkpoint, data=args.data, ann=args.ann, images=args.images,
                             results_file=args.results, device=args.device, workers=args.workers,
                             batch_size=args.batch_size, amp=_amp(args))
     if args.json:
@@ -441,8 +452,8 @@ def cmd_detect_eval(args) -> int:
 
 
 def cmd_detect_predict(args) -> int:
-    from .tasks.detection import predict_images
-    r = predict_images(args.images, args.checkpoint, args.output, score_thr=args.score_thr, device=args.device)
+    r = _detection().predict_images(args.images, args.checkpoint, args.output, score_thr=args.score_thr,
+                                    device=args.device)
     for p in r["written"]:
         print(f"{p['image']} -> {p['drawn']}: {len(p['detections'])} detection(s)")
     for e in r["errors"]:

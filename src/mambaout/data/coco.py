@@ -75,6 +75,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import MambaOutError
+from .canvas import paste_digits
 from .datasets import DigitsDataset, SampleFailure, load_image
 from .segmentation import SkipCounts, SkippedSample, rescale_size
 
@@ -485,37 +486,9 @@ class DigitsDetection(_Categories, Dataset):
         """(image (size,size,3) uint8, masks (N,size,size) uint8, labels (N,) int64 in 1..10)."""
         rng = np.random.default_rng([self.seed, ("train", "val").index(self.split), index])
         n = self.size
-        dark = rng.random() < 0.5                      # dark background, light digits, or the reverse
-        bg_range, fg_range = ((0, 110), (145, 255)) if dark else ((145, 255), (0, 110))
-        ramp = np.linspace(-0.5, 0.5, n, dtype=np.float32)
-        image = (rng.uniform(*bg_range, 3).astype(np.float32)
-                 + ramp[:, None, None] * rng.uniform(-40, 40, 3).astype(np.float32)
-                 + ramp[None, :, None] * rng.uniform(-40, 40, 3).astype(np.float32))
-        image = np.broadcast_to(image, (n, n, 3)).copy()
-        placed, masks, labels = [], [], []
-        for _ in range(int(rng.integers(1, 5))):
-            s = int(rng.integers(self.digit_px[0], self.digit_px[1] + 1))
-            for _try in range(20):
-                y, x = (int(v) for v in rng.integers(0, n - s + 1, 2))
-                if all(y >= py + ps or py >= y + s or x >= px + ps or px >= x + s for py, px, ps in placed):
-                    break
-            else:
-                continue                               # no free place for a digit this size
-            k = int(rng.integers(len(self.digit_labels)))
-            ink = np.asarray(Image.fromarray(self.digit_images[k]).resize((s, s), Image.BILINEAR),
-                             dtype=np.float32)[..., None] / 255.0
-            colour = rng.uniform(*fg_range, 3).astype(np.float32)
-            if not (ink > 0.5).any():
-                continue
-            placed.append((y, x, s))
-            image[y:y + s, x:x + s] = image[y:y + s, x:x + s] * (1 - ink) + colour * ink
-            m = np.zeros((n, n), dtype=np.uint8)
-            m[y:y + s, x:x + s] = ink[..., 0] > 0.5
-            masks.append(m)
-            labels.append(1 + int(self.digit_labels[k]))
-        image += rng.normal(0, 12, image.shape).astype(np.float32)
-        masks = np.stack(masks) if masks else np.zeros((0, n, n), dtype=np.uint8)
-        return np.clip(image + 0.5, 0, 255).astype(np.uint8), masks, np.asarray(labels, dtype=np.int64)
+        image, instances = paste_digits(rng, n, self.digit_images, self.digit_labels, self.digit_px, 4)
+        masks = np.stack([m for m, _ in instances]).astype(np.uint8) if instances else np.zeros((0, n, n), np.uint8)
+        return image, masks, np.asarray([1 + d for _, d in instances], dtype=np.int64)
 
     @staticmethod
     def tight_boxes(masks: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ from torchvision.transforms.v2 import functional as F
 
 from ..errors import MambaOutError
 from .ade20k import ADE20K_CLASSES, ADE20K_PALETTE
+from .canvas import paste_digits
 from .datasets import IMG_EXTENSIONS, DigitsDataset, SampleFailure, load_image
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -304,33 +305,11 @@ class DigitsSegmentation(Dataset):
     def canvas(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         """(image (size,size,3) uint8, mask (size,size) int64) of canvas `index`."""
         rng = np.random.default_rng([self.seed, ("train", "val").index(self.split), index])
-        n = self.size
-        dark = rng.random() < 0.5                      # dark background, light digits, or the reverse
-        bg_range, fg_range = ((0, 110), (145, 255)) if dark else ((145, 255), (0, 110))
-        ramp = np.linspace(-0.5, 0.5, n, dtype=np.float32)
-        image = (rng.uniform(*bg_range, 3).astype(np.float32)
-                 + ramp[:, None, None] * rng.uniform(-40, 40, 3).astype(np.float32)
-                 + ramp[None, :, None] * rng.uniform(-40, 40, 3).astype(np.float32))
-        image = np.broadcast_to(image, (n, n, 3)).copy()
-        mask = np.zeros((n, n), dtype=np.int64)
-        boxes = []
-        for _ in range(int(rng.integers(1, 4))):
-            s = int(rng.integers(self.digit_px[0], self.digit_px[1] + 1))
-            for _try in range(20):
-                y, x = (int(v) for v in rng.integers(0, n - s + 1, 2))
-                if all(y >= by + bs or by >= y + s or x >= bx + bs or bx >= x + s for by, bx, bs in boxes):
-                    break
-            else:
-                continue                               # no free place for a digit this size
-            boxes.append((y, x, s))
-            k = int(rng.integers(len(self.digit_labels)))
-            ink = np.asarray(Image.fromarray(self.digit_images[k]).resize((s, s), Image.BILINEAR),
-                             dtype=np.float32)[..., None] / 255.0
-            colour = rng.uniform(*fg_range, 3).astype(np.float32)
-            image[y:y + s, x:x + s] = image[y:y + s, x:x + s] * (1 - ink) + colour * ink
-            mask[y:y + s, x:x + s][ink[..., 0] > 0.5] = 1 + int(self.digit_labels[k])
-        image += rng.normal(0, 12, image.shape).astype(np.float32)
-        return np.clip(image + 0.5, 0, 255).astype(np.uint8), mask
+        image, instances = paste_digits(rng, self.size, self.digit_images, self.digit_labels, self.digit_px, 3)
+        mask = np.zeros((self.size, self.size), dtype=np.int64)
+        for m, digit in instances:
+            mask[m] = 1 + digit
+        return image, mask
 
     def __getitem__(self, i):
         image, mask = self.canvas(i)
