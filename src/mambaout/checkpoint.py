@@ -59,6 +59,20 @@ def read_training_checkpoint(path) -> dict:
     return obj
 
 
+def load_task_checkpoint(path, task: str, recipe_cls, build):
+    """(model in eval mode, recipe, checkpoint dict) from a training checkpoint of `task`
+    ("segmentation", "detection"): the recipe is read back as recipe_cls, the model is
+    build(recipe, num_classes, model_name) and its weights load strictly."""
+    from .models.weights import fit_state_dict
+    obj = read_training_checkpoint(path)
+    if obj.get("task", "classification") != task:
+        raise CheckpointError(f"{path} is a {obj.get('task', 'classification')} checkpoint, not a {task} one")
+    recipe = recipe_cls.from_dict(obj.get("recipe", {}))
+    model = build(recipe, int(obj["num_classes"]), obj["model_name"])
+    fit_state_dict(model, dict(obj["model"]), source=f"checkpoint {path}")
+    return model.eval(), recipe, obj
+
+
 def load_for_inference(checkpoint=None, model_name: Optional[str] = None, pretrained: bool = False):
     """(model in eval mode, info) from a training checkpoint, a plain weights file (+ model name)
     or released weights. info holds model_name, num_classes, class_names, img_size, crop_pct."""

@@ -43,62 +43,54 @@ def _size_text(size) -> str:
     return f"{h}x{w}"
 
 
-def segmentation_rows(pattern=None) -> list:
-    """`mambaout models` rows of the segmentation models (params / MACs as the paper counts them)."""
+# The dense-prediction tables of `mambaout models`: the list function and variant table of each
+# task, its head, the variant fields with the paper's MACs and scores, and how they print.
+DENSE_TABLES = {
+    "segmentation": dict(
+        head="upernet", macs_field="paper_macs_g", scores_field="paper_miou",
+        score_keys=("paper_miou_ss", "paper_miou_ms"), macs_label="MACs(G)", score_label="paper mIoU SS/MS",
+        title="Segmentation (UperNet, ADE20K): params of the whole model, MACs of one eval forward at 512x2048 "
+              "counted as mmcv's get_flops does (the paper's numbers), rounded half up"),
+    "detection": dict(
+        head="mask_rcnn", macs_field="paper_flops_g", scores_field="paper_ap",
+        score_keys=("paper_box_ap", "paper_mask_ap"), macs_label="FLOPs(G)", score_label="paper AP box/mask",
+        title="Detection (Mask R-CNN 1x, COCO): params of the whole model, FLOPs (multiply-adds) at 1280x800 "
+              "as mmdet's get_flops counts them, rounded half up"),
+}
+
+
+def dense_rows(task: str, pattern=None) -> list:
+    """`mambaout models` rows of the segmentation or detection models, measured as the paper counts."""
     from .complexity import measure
-    from .models import SEGMENTATION_VARIANTS, list_segmentation_models
+    from . import models
+    spec = DENSE_TABLES[task]
+    table = models.SEGMENTATION_VARIANTS if task == "segmentation" else models.DETECTION_VARIANTS
+    names = (models.list_segmentation_models if task == "segmentation" else models.list_detection_models)(pattern)
     rows = []
-    for name in list_segmentation_models(pattern):
-        v, m = SEGMENTATION_VARIANTS[name], measure(name)
-        rows.append(dict(model=name, task="segmentation", head="upernet", backbone=v.backbone,
-                         drop_path=v.drop_path, img_size=list(m["img_size"]), convention=m["convention"],
-                         params=m["params"], macs=m["macs"], params_m=m["params_m"], macs_g=m["macs_g"],
-                         paper_params_m=v.paper_params_m, paper_macs_g=v.paper_macs_g,
-                         paper_miou_ss=v.paper_miou[0] if v.paper_miou else None,
-                         paper_miou_ms=v.paper_miou[1] if v.paper_miou else None, source=v.source))
+    for name in names:
+        v, m = table[name], measure(name)
+        scores = getattr(v, spec["scores_field"]) or (None, None)
+        rows.append(dict(model=name, task=task, head=spec["head"], backbone=v.backbone, drop_path=v.drop_path,
+                         img_size=list(m["img_size"]), convention=m["convention"], params=m["params"],
+                         macs=m["macs"], params_m=m["params_m"], macs_g=m["macs_g"],
+                         paper_params_m=v.paper_params_m, paper_macs_g=getattr(v, spec["macs_field"]),
+                         **dict(zip(spec["score_keys"], scores)), source=v.source))
     return rows
 
 
-def _print_segmentation_rows(rows):
-    head = (f"{'model':<28}{'size':>10}{'paper P(M)':>11}{'P(M)':>6}{'paper MACs(G)':>15}{'MACs(G)':>9}"
-            f"{'paper mIoU SS/MS':>18}  source")
-    print("\nSegmentation (UperNet, ADE20K): params of the whole model, MACs of one eval forward at 512x2048 "
-          "counted as mmcv's get_flops does (the paper's numbers), rounded half up")
+def _print_dense_rows(task: str, rows):
+    spec = DENSE_TABLES[task]
+    paper_macs = f"paper {spec['macs_label']}"
+    head = (f"{'model':<28}{'size':>10}{'paper P(M)':>11}{'P(M)':>6}{paper_macs:>16}{spec['macs_label']:>10}"
+            f"{spec['score_label']:>19}  source")
+    print("\n" + spec["title"])
     print(head)
     print("-" * len(head))
     for r in rows:
-        miou = f"{r['paper_miou_ss']}/{r['paper_miou_ms']}" if r["paper_miou_ss"] else "-"
+        first, second = (r[k] for k in spec["score_keys"])
+        score = f"{first}/{second}" if first else "-"
         print(f"{r['model']:<28}{_size_text(tuple(r['img_size'])):>10}{_fmt(r['paper_params_m'], 0):>11}"
-              f"{r['params_m']:>6.0f}{_fmt(r['paper_macs_g'], 0):>15}{r['macs_g']:>9.0f}{miou:>18}  {r['source']}")
-
-
-def detection_rows(pattern=None) -> list:
-    """`mambaout models` rows of the detection models (params / FLOPs as the paper counts them)."""
-    from .complexity import measure
-    from .models import DETECTION_VARIANTS, list_detection_models
-    rows = []
-    for name in list_detection_models(pattern):
-        v, m = DETECTION_VARIANTS[name], measure(name)
-        rows.append(dict(model=name, task="detection", head="mask_rcnn", backbone=v.backbone,
-                         drop_path=v.drop_path, img_size=list(m["img_size"]), convention=m["convention"],
-                         params=m["params"], macs=m["macs"], params_m=m["params_m"], macs_g=m["macs_g"],
-                         paper_params_m=v.paper_params_m, paper_macs_g=v.paper_flops_g,
-                         paper_box_ap=v.paper_ap[0] if v.paper_ap else None,
-                         paper_mask_ap=v.paper_ap[1] if v.paper_ap else None, source=v.source))
-    return rows
-
-
-def _print_detection_rows(rows):
-    head = (f"{'model':<28}{'size':>10}{'paper P(M)':>11}{'P(M)':>6}{'paper FLOPs(G)':>16}{'FLOPs(G)':>10}"
-            f"{'paper AP box/mask':>19}  source")
-    print("\nDetection (Mask R-CNN 1x, COCO): params of the whole model, FLOPs (multiply-adds) at 1280x800 "
-          "as mmdet's get_flops counts them, rounded half up")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        ap = f"{r['paper_box_ap']}/{r['paper_mask_ap']}" if r["paper_box_ap"] else "-"
-        print(f"{r['model']:<28}{_size_text(tuple(r['img_size'])):>10}{_fmt(r['paper_params_m'], 0):>11}"
-              f"{r['params_m']:>6.0f}{_fmt(r['paper_macs_g'], 0):>16}{r['macs_g']:>10.0f}{ap:>19}  {r['source']}")
+              f"{r['params_m']:>6.0f}{_fmt(r['paper_macs_g'], 0):>16}{r['macs_g']:>10.0f}{score:>19}  {r['source']}")
 
 
 def cmd_models(args) -> int:
@@ -107,8 +99,7 @@ def cmd_models(args) -> int:
     # --json lists the classification rows unless --task segmentation (or all) asks for more
     task = args.task or ("classification" if args.json else "all")
     names = list_models(args.pattern) if task in ("classification", "all") else []
-    seg_rows = segmentation_rows(args.pattern) if task in ("segmentation", "all") else []
-    det_rows = detection_rows(args.pattern) if task in ("detection", "all") else []
+    dense = {t: dense_rows(t, args.pattern) for t in DENSE_TABLES if task in (t, "all")}
     rows = []
     for name in names:
         v = VARIANTS[name]
@@ -121,13 +112,12 @@ def cmd_models(args) -> int:
                          macs_g=m["macs_g"], img_size=m["img_size"],
                          weights=[f"{name}.{t}" for t in v.hub_tags], source=v.source))
     if args.json:
-        print(json.dumps(rows + seg_rows + det_rows, indent=2))
+        print(json.dumps(rows + [r for t in dense for r in dense[t]], indent=2))
         return 0
     if not rows:
-        if seg_rows:
-            _print_segmentation_rows(seg_rows)
-        if det_rows:
-            _print_detection_rows(det_rows)
+        for t, dense_table in dense.items():
+            if dense_table:
+                _print_dense_rows(t, dense_table)
         return 0
     head = (f"{'model':<24}{'depths':<16}{'dims':<22}{'size':>5}{'paper P(M)':>11}{'P(M)':>8}"
             f"{'paper MACs(G)':>15}{'MACs(G)':>9}{'paper top-1':>13}  {'source':<18}weights")
@@ -140,10 +130,9 @@ def cmd_models(args) -> int:
               f"{_fmt(r['paper_params_m']):>11}{r['params_m']:>8.1f}{_fmt_g(r['paper_macs_g']):>15}"
               f"{_fmt_g(r['macs_g']):>9}{_fmt(r['paper_top1']):>13}  {r['source']:<18}"
               f"{', '.join(r['weights'])}")
-    if seg_rows:
-        _print_segmentation_rows(seg_rows)
-    if det_rows:
-        _print_detection_rows(det_rows)
+    for t, dense_table in dense.items():
+        if dense_table:
+            _print_dense_rows(t, dense_table)
     return 0
 
 

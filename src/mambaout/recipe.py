@@ -9,8 +9,24 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Optional, Tuple
 
 
+class RecipeData:
+    """What every task recipe shares: its global batch, and a plain-dict form for checkpoints."""
+
+    def global_batch(self, world_size: int = 1) -> int:
+        return world_size * self.batch_size * self.grad_accum_steps
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """From to_dict's form; unknown keys (a newer or older checkpoint) are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
+
+
 @dataclass
-class Recipe:
+class Recipe(RecipeData):
     model: str = "mambaout_tiny"
     img_size: int = 224                       # input resolution 224^2
     epochs: int = 300
@@ -55,8 +71,6 @@ class Recipe:
             return self.lr
         return self.lr_base * self.global_batch(world_size) / self.lr_base_size
 
-    def global_batch(self, world_size: int = 1) -> int:
-        return world_size * self.batch_size * self.grad_accum_steps
 
     def total_updates(self, updates_per_epoch: int) -> int:
         return self.epochs * updates_per_epoch
@@ -70,14 +84,6 @@ class Recipe:
         from .models import get_variant
         return get_variant(self.model).drop_path
 
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
-        names = {f.name for f in fields(cls)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-        return cls(**kw)
 
 
 def digits_recipe() -> Recipe:
@@ -90,7 +96,7 @@ def digits_recipe() -> Recipe:
 
 
 @dataclass
-class SegRecipe:
+class SegRecipe(RecipeData):
     """UperNet semantic segmentation on ADE20K. Sources: mmsegmentation's Swin UperNet config
     (configs/swin/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K.py with
     _base_/models/upernet_swin.py, _base_/datasets/ade20k.py, _base_/schedules/schedule_160k.py),
@@ -134,8 +140,6 @@ class SegRecipe:
     def peak_lr(self, world_size: int = 1) -> float:
         return self.lr
 
-    def global_batch(self, world_size: int = 1) -> int:
-        return world_size * self.batch_size * self.grad_accum_steps
 
     def total_updates(self, updates_per_epoch: int) -> int:
         return self.iters                       # iteration-based, as mmseg counts
@@ -149,17 +153,10 @@ class SegRecipe:
         from .models.segmentation_variants import SEGMENTATION_VARIANTS
         return SEGMENTATION_VARIANTS[self.model].drop_path
 
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SegRecipe":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
 
 
 @dataclass
-class DetRecipe:
+class DetRecipe(RecipeData):
     """Mask R-CNN on COCO. Sources: mmdetection's Swin Mask R-CNN config
     (configs/swin/mask_rcnn_swin-t-p4-w7_fpn_1x_coco.py with _base_/models/mask_rcnn_r50_fpn.py,
     _base_/datasets/coco_instance.py, _base_/schedules/schedule_1x.py), the set-up the authors
@@ -205,8 +202,6 @@ class DetRecipe:
     def peak_lr(self, world_size: int = 1) -> float:
         return self.lr
 
-    def global_batch(self, world_size: int = 1) -> int:
-        return world_size * self.batch_size * self.grad_accum_steps
 
     def total_updates(self, updates_per_epoch: int) -> int:
         return self.epochs * updates_per_epoch
@@ -220,10 +215,3 @@ class DetRecipe:
         from .models.detection_variants import DETECTION_VARIANTS
         return DETECTION_VARIANTS[self.model].drop_path
 
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DetRecipe":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})

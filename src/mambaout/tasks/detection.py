@@ -190,14 +190,7 @@ def evaluate_detection(model, loader, d: Dist, coco_gt, label_to_cat_id, amp_dty
 
 def load_detection_checkpoint(path):
     """(model in eval mode, recipe, checkpoint dict) from a `detect train` checkpoint."""
-    obj = ckpt.read_training_checkpoint(path)
-    if obj.get("task") != "detection":
-        raise CheckpointError(f"{path} is a {obj.get('task', 'classification')} checkpoint, not a detection one")
-    recipe = DetRecipe.from_dict(obj.get("recipe", {}))
-    model = build_detector(recipe, int(obj["num_classes"]))
-    from ..models.weights import fit_state_dict
-    fit_state_dict(model, dict(obj["model"]), source=f"checkpoint {path}")
-    return model.eval(), recipe, obj
+    return ckpt.load_task_checkpoint(path, "detection", DetRecipe, lambda r, n, name: build_detector(r, n))
 
 
 def _label_to_cat_id(obj: dict) -> dict:

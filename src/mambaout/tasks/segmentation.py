@@ -208,15 +208,8 @@ def predictor(model, recipe: SegRecipe, device, amp_dtype=None, channels_last=Fa
 
 def load_segmentation_checkpoint(path):
     """(model in eval mode, recipe, checkpoint dict) from a `segment train` checkpoint."""
-    obj = ckpt.read_training_checkpoint(path)
-    if obj.get("task") != "segmentation":
-        raise CheckpointError(f"{path} is a {obj.get('task', 'classification')} checkpoint, not a segmentation one")
-    recipe = SegRecipe.from_dict(obj.get("recipe", {}))
-    model = create_model(obj["model_name"], num_classes=int(obj["num_classes"]), channels=recipe.head_channels,
-                         aux_channels=recipe.aux_channels)
-    from ..models.weights import fit_state_dict
-    fit_state_dict(model, dict(obj["model"]), source=f"checkpoint {path}")
-    return model.eval(), recipe, obj
+    return ckpt.load_task_checkpoint(path, "segmentation", SegRecipe, lambda r, n, name: create_model(
+        name, num_classes=n, channels=r.head_channels, aux_channels=r.aux_channels))
 
 
 def evaluate_checkpoint(checkpoint, data: Optional[str] = None, split: str = "validation",
