@@ -126,7 +126,9 @@ def test_other_draws_are_unchanged_from_timm():
         else:
             assert torch.equal(outs[0], outs[1]), seed
             same += 1
-    assert same >= 2400 and raised >= 1, (same, raised)
+    assert same >= 2400, (same, raised)
+    # Pillow >= 13 raises on 0 bits (timm's op fails there); older Pillow gives the black image too
+    assert (raised >= 1) if int(Image.__version__.split(".")[0]) >= 13 else (raised == 0), raised
 
 
 def test_posterize_keep_zero_bits_modes():

@@ -243,8 +243,35 @@ def cmd_predict(args) -> int:
             for t in p["topk"]:
                 print(f"  {100 * t['prob']:6.2f}%  {t['label']}  (class {t['index']})")
     for e in r["errors"]:
-        print(f"mambaout: error: cannot read {e['image']}: {e['error']}", file=sys.stderr)
+        print(f"mambaout: error: {e['error']}", file=sys.stderr)
     return 1 if r["errors"] else 0
+
+
+def cmd_cam(args) -> int:
+    from .cam import explain_images
+    from .predict import Classifier
+    if not args.images:
+        raise MambaOutError("no images given")
+    clf = Classifier.load(args.checkpoint, args.model, args.pretrained, args.img_size, args.device)
+    r = explain_images(args.images, clf, args.output, target=args.target, method=args.method, layer=args.layer,
+                       save_npy=args.save_npy)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        for e in r["results"]:
+            print(f"{e['image']}: {e['label']} ({100 * e['prob']:.1f}%) -> {e['overlay']}")
+    for e in r["errors"]:
+        print(f"mambaout: error: {e['error']}", file=sys.stderr)
+    return 1 if r["errors"] else 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import serve
+    from .predict import Classifier
+    if args.max_mb <= 0:
+        raise MambaOutError(f"--max-mb must be positive, got {args.max_mb}")
+    clf = Classifier.load(args.checkpoint, args.model, args.pretrained, args.img_size, args.device, random_ok=True)
+    return serve(clf, host=args.host, port=args.port, max_mb=args.max_mb, method=args.method, layer=args.layer)
 
 
 def cmd_benchmark(args) -> int:
@@ -377,7 +404,7 @@ def cmd_segment_predict(args) -> int:
     for p in r["written"]:
         print(f"{p['image']} -> {p['labels']}, {p['overlay']}")
     for e in r["errors"]:
-        print(f"mambaout: error: cannot read {e['image']}: {e['error']}", file=sys.stderr)
+        print(f"mambaout: error: {e['error']}", file=sys.stderr)
     return 1 if r["errors"] else 0
 
 
@@ -446,7 +473,7 @@ def cmd_detect_predict(args) -> int:
     for p in r["written"]:
         print(f"{p['image']} -> {p['drawn']}: {len(p['detections'])} detection(s)")
     for e in r["errors"]:
-        print(f"mambaout: error: cannot read {e['image']}: {e['error']}", file=sys.stderr)
+        print(f"mambaout: error: {e['error']}", file=sys.stderr)
     return 1 if r["errors"] else 0
 
 
@@ -678,6 +705,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_predict)
+
+    from .cam import METHODS
+    s = sub.add_parser("cam", help="Grad-CAM overlays (PNG, titled with class and probability) for image files")
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("--checkpoint")
+    s.add_argument("--model")
+    s.add_argument("--pretrained", action="store_true")
+    s.add_argument("--class", dest="target", metavar="K", help="class index or name (default: each image's top class)")
+    s.add_argument("--method", default="gradcam", choices=list(METHODS))
+    s.add_argument("--layer", help="module name of the maps (default: the last stage with at least 4x4 cells; stages.3 from 128 px up)")
+    s.add_argument("-o", "--output", required=True, metavar="DIR")
+    s.add_argument("--save-npy", action="store_true", help="also the raw map at the input size (float32 .npy)")
+    s.add_argument("--img-size", type=int)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_cam)
+
+    s = sub.add_parser("demo", help="browser demo (Gradio): upload an image, see the top-5 classes and Grad-CAM")
+    s.add_argument("--checkpoint")
+    s.add_argument("--model")
+    s.add_argument("--pretrained", action="store_true")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--max-mb", type=float, default=20.0, help="largest upload accepted, in MB (default 20)")
+    s.add_argument("--method", default="gradcam", choices=list(METHODS))
+    s.add_argument("--layer")
+    s.add_argument("--img-size", type=int)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("benchmark", help="throughput vs timm (interleaved, median of repeats)")
     s.add_argument("--model", nargs="+", default=["mambaout_tiny"])

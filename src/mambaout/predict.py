@@ -1,10 +1,12 @@
-"""Top-k predictions for image files, batched, with class names."""
+"""Top-k predictions for image files, batched, with class names; `Classifier` holds a loaded model
+with its preprocessing and class names for predict, cam and the demo."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .data import eval_transform, load_image
@@ -40,53 +42,122 @@ class _OnnxModel:
         return self
 
 
-@torch.no_grad()
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise MambaOutError(f"unknown device '{device}' (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MambaOutError(f"device {device} asked for, but no CUDA GPU is available")
+    return dev
+
+
+class Classifier:
+    """A classifier ready for images: the model (eval mode, on its device), the evaluation
+    transform of its checkpoint or pretrained config, and its class names."""
+
+    def __init__(self, model, info: dict, img_size: Optional[int] = None, device: str = "cpu"):
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        cfg = getattr(model, "pretrained_cfg", None) or {
+            "input_size": (3, 224, 224), "crop_pct": 1.0, "interpolation": "bicubic",
+            "mean": info.get("mean", IMAGENET_DEFAULT_MEAN), "std": info.get("std", IMAGENET_DEFAULT_STD)}
+        self.info = info
+        self.size = int(img_size or info.get("img_size") or cfg["input_size"][-1])
+        self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
+        self.transform = eval_transform(self.size, info.get("crop_pct", cfg["crop_pct"]),
+                                        info.get("interpolation", cfg["interpolation"]), self.mean, self.std)
+        self.names = class_names_for(model.num_classes, info.get("class_names"))
+        self.device = _device(device)
+        self.model = model.to(self.device)
+
+    @classmethod
+    def load(cls, checkpoint=None, model_name: Optional[str] = None, pretrained: bool = False,
+             img_size: Optional[int] = None, device: str = "cpu", onnx=None, random_ok: bool = False):
+        """From a training checkpoint, a weights file (+ model name), released weights, or an
+        exported ONNX file (CPU, ONNX Runtime). random_ok: a bare model name builds an untrained model."""
+        if onnx is not None:
+            model = _OnnxModel(onnx)
+            return cls(model, model.meta, img_size, "cpu")
+        from .checkpoint import load_for_inference
+        if checkpoint is None and model_name and not pretrained and random_ok:
+            from .models import create_model, get_variant
+            log.warning("%s with random weights (no --checkpoint or --pretrained): predictions mean nothing",
+                        model_name)
+            model = create_model(model_name).eval()
+            return cls(model, {"model_name": get_variant(model_name).name, "num_classes": model.num_classes,
+                               "class_names": None}, img_size, device)
+        model, info = load_for_inference(checkpoint, model_name, pretrained)
+        return cls(model, info, img_size, device)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def read(self, path, name: Optional[str] = None) -> torch.Tensor:
+        """The normalised (3, H, W) input of one image file; MambaOutError names what is wrong
+        (calling the file `name`, default its path)."""
+        p, name = Path(path), name or str(path)
+        if not p.is_file():
+            raise MambaOutError(f"cannot read {name}: no such file")
+        if p.stat().st_size == 0:
+            raise MambaOutError(f"cannot read {name}: the file is empty")
+        try:
+            return self.transform(load_image(p))
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for non-images and damaged files
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise MambaOutError(f"cannot read {name}: not an image ({msg.replace(str(p), name)})") from None
+
+    def view(self, x: torch.Tensor) -> np.ndarray:
+        """What the model sees: a normalised (3, H, W) input back to an RGB float (H, W, 3) in [0, 1]."""
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x.detach().cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+    @torch.no_grad()
+    def probs(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch.to(self.device)).float().softmax(dim=-1).cpu()
+
+    def class_index(self, target) -> int:
+        """A class given as an index or by its name."""
+        text = str(target)
+        if text.lstrip("-").isdigit() and not (text in self.names and self.names.index(text) != int(text)):
+            k = int(text)
+            if not 0 <= k < self.num_classes:
+                raise MambaOutError(f"class {k} out of range 0..{self.num_classes - 1}")
+            return k
+        if text in self.names:
+            return self.names.index(text)
+        close = [n for n in self.names if text.lower() in n.lower()][:5]
+        raise MambaOutError(f"no class '{text}'" + (f"; did you mean: {', '.join(close)}" if close else ""))
+
+
 def predict(images: Sequence[str], checkpoint=None, model_name: Optional[str] = None,
             pretrained: bool = False, top_k: int = 5, batch_size: int = 32,
             img_size: Optional[int] = None, device: str = "cpu", onnx=None) -> dict:
     """Returns {"predictions": [{"image", "topk": [{"index", "label", "prob"}]}], "errors": [...]}.
     Unreadable images are reported in "errors" and do not stop the others. With `onnx`, the
     exported file runs through ONNX Runtime (preprocessing and class names from its metadata)."""
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from .checkpoint import load_for_inference
     if top_k <= 0:
         raise MambaOutError(f"--top-k must be positive, got {top_k}")
     if not images:
         raise MambaOutError("no images given")
-    if onnx is not None:
-        model = _OnnxModel(onnx)
-        info = model.meta
-        cfg = {"input_size": (3, 224, 224), "crop_pct": 1.0, "interpolation": "bicubic",
-               "mean": info.get("mean", IMAGENET_DEFAULT_MEAN), "std": info.get("std", IMAGENET_DEFAULT_STD)}
-        device = "cpu"
-    else:
-        model, info = load_for_inference(checkpoint, model_name, pretrained)
-        cfg = model.pretrained_cfg
-    size = img_size or info.get("img_size") or cfg["input_size"][-1]
-    tf = eval_transform(size, info.get("crop_pct", cfg["crop_pct"]), info.get("interpolation", cfg["interpolation"]),
-                        cfg["mean"], cfg["std"])
-    names = class_names_for(model.num_classes, info.get("class_names"))
-    k = min(top_k, model.num_classes)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    model.to(dev)
+    clf = Classifier.load(checkpoint, model_name, pretrained, img_size, device, onnx=onnx)
+    k = min(top_k, clf.num_classes)
     results, errors = [], []
     for start in range(0, len(images), batch_size):
         chunk, tensors = [], []
         for path in images[start:start + batch_size]:
             try:
-                if not Path(path).is_file():
-                    raise FileNotFoundError("no such file")
-                tensors.append(tf(load_image(path)))
+                tensors.append(clf.read(path))
                 chunk.append(str(path))
-            except Exception as e:  # noqa: BLE001 - any unreadable image is reported, not fatal
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                errors.append({"image": str(path), "error": msg})
+            except MambaOutError as e:
+                errors.append({"image": str(path), "error": str(e)})
         if not tensors:
             continue
-        probs = model(torch.stack(tensors).to(dev)).float().softmax(dim=-1).cpu()
-        p, idx = probs.topk(k, dim=-1)
+        p, idx = clf.probs(torch.stack(tensors)).topk(k, dim=-1)
         for path, pi, ii in zip(chunk, p.tolist(), idx.tolist()):
-            results.append({"image": path, "topk": [{"index": i, "label": names[i], "prob": round(q, 6)}
+            results.append({"image": path, "topk": [{"index": i, "label": clf.names[i], "prob": round(q, 6)}
                                                     for q, i in zip(pi, ii)]})
-    return {"model": info.get("model_name"), "predictions": results, "errors": errors}
+    return {"model": clf.info.get("model_name"), "predictions": results, "errors": errors}
