@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import MambaOutError
+from .errors import MambaOutError, require
 
 # method name -> pytorch_grad_cam class name
 METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "hirescam": "HiResCAM",
@@ -21,11 +21,7 @@ METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XG
 
 
 def _package():
-    try:
-        import pytorch_grad_cam
-    except ModuleNotFoundError:
-        raise MambaOutError("Grad-CAM needs the grad-cam package: pip install 'mambaout[cam]'") from None
-    return pytorch_grad_cam
+    return require("pytorch_grad_cam", "cam", "Grad-CAM", package="grad-cam")
 
 
 def default_layer(model: nn.Module, size) -> str:

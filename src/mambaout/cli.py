@@ -404,7 +404,7 @@ def cmd_segment_predict(args) -> int:
     for p in r["written"]:
         print(f"{p['image']} -> {p['labels']}, {p['overlay']}")
     for e in r["errors"]:
-        print(f"mambaout: error: {e['error']}", file=sys.stderr)
+        print(f"mambaout: error: cannot read {e['image']}: {e['error']}", file=sys.stderr)
     return 1 if r["errors"] else 0
 
 
@@ -473,7 +473,7 @@ def cmd_detect_predict(args) -> int:
     for p in r["written"]:
         print(f"{p['image']} -> {p['drawn']}: {len(p['detections'])} detection(s)")
     for e in r["errors"]:
-        print(f"mambaout: error: {e['error']}", file=sys.stderr)
+        print(f"mambaout: error: cannot read {e['image']}: {e['error']}", file=sys.stderr)
     return 1 if r["errors"] else 0
 
 

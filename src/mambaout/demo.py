@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import MambaOutError
+from .errors import MambaOutError, require
 
 log = logging.getLogger("mambaout")
 
@@ -23,11 +23,7 @@ DIGIT_CLASSES = [str(d) for d in range(10)]
 
 def _gradio():
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a closed network
-    try:
-        import gradio
-    except ModuleNotFoundError:
-        raise MambaOutError("the demo needs Gradio: pip install 'mambaout[demo]'") from None
-    return gradio
+    return require("gradio", "demo", "the demo")
 
 
 def example_images(classifier, folder) -> List[str]:

@@ -12,3 +12,15 @@ class UnknownModelError(MambaOutError, KeyError):
 
 class CheckpointError(MambaOutError):
     """A checkpoint is missing, unreadable, unsafe, or does not fit the model."""
+
+
+def require(module: str, extra: str, purpose: str, package: str = ""):
+    """Import an optional dependency, or fail with one line naming the extra that installs it:
+    require("onnx", "export", "ONNX export") -> the onnx module, or MambaOutError
+    "ONNX export needs the onnx package: pip install 'mambaout[export]'"."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        name = package or module.split(".")[0]
+        raise MambaOutError(f"{purpose} needs the {name} package: pip install 'mambaout[{extra}]'") from None

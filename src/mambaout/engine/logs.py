@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import List, Sequence
 
-from ..errors import MambaOutError
+from ..errors import MambaOutError, require
 from ..utils import atomic_write
 
 log = logging.getLogger("mambaout")
@@ -21,10 +21,8 @@ def progress_bar(enabled: bool, total: int, desc: str):
 
 
 def tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise MambaOutError("--log-tensorboard needs the tensorboard package: pip install tensorboard") from None
+    require("tensorboard", "tensorboard", "--log-tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
     return SummaryWriter(str(out / "tensorboard"))
 
 
