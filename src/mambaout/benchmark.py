@@ -3,6 +3,11 @@ interleaved in one process so that machine noise hits every implementation alike
 
 For each repeat, every implementation runs `iters` timed steps in turn; the reported
 step time is the median over repeats, warm-up excluded. Ratios are ours / other img/s.
+
+Precision per row: fp32; bf16 (ours with bf16 weights, and under autocast with fp32 weights;
+timm under autocast, its usual bf16 path); int8 (ours quantized to int8 QDQ ONNX and run by
+ONNX Runtime; timm has no int8 path, so its row is fp32). Below fp32, ours also runs in fp32 in
+the same interleaved loop, for the speed-up over fp32.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ class Settings:
     img_size: int = 224
     mode: str = "infer"               # infer | train
     device: str = "cpu"
-    precision: str = "fp32"           # fp32 | bf16 | fp16 (autocast)
+    precision: str = "fp32"           # fp32 | bf16 | fp16 | int8 (see the module doc)
     channels_last: bool = False
     compile: bool = False
     backend: str = "torch"            # torch | onnxruntime (inference only)
@@ -48,20 +53,39 @@ class Settings:
 
 @dataclass
 class Impl:
-    name: str                         # "mambaout", "timm", "reference", "timm:convnext_tiny"
+    name: str                         # "mambaout", "mambaout:fp32", "timm", "reference", "timm:convnext_tiny"
     model_name: str
     model: nn.Module
+    precision: str = "fp32"           # fp32 | bf16 (bf16 weights) | bf16-autocast | fp16-autocast | int8
 
 
 def _amp_dtype(precision):
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return {"bf16-autocast": torch.bfloat16, "fp16-autocast": torch.float16}.get(precision)
+
+
+def row_precisions(s: Settings) -> Dict[str, str]:
+    """The precision each implementation runs at for the requested one."""
+    if s.precision == "fp32":
+        return {"ours": "fp32", "others": "fp32"}
+    if s.precision == "int8":
+        return {"ours": "int8", "others": "fp32"}
+    auto = f"{s.precision}-autocast"
+    weights = s.precision == "bf16" and s.mode == "infer" and s.device == "cpu" and s.backend == "torch"
+    return {"ours": "bf16" if weights else auto, "others": auto}
 
 
 def build_impls(model_name: str, compare: List[str], s: Settings, yardstick: bool) -> List[Impl]:
     from .models import create_model, get_variant
     name = get_variant(model_name).name
     ours = create_model(name, img_size=s.img_size)
-    impls = [Impl("mambaout", name, ours)]
+    prec = row_precisions(s)
+    impls = [Impl("mambaout", name, ours, prec["ours"])]
+    if s.precision != "fp32":  # ours in fp32 (and, for bf16 weights, under autocast) in the same loop
+        twins = [("mambaout:fp32", "fp32")] + ([("mambaout:autocast", "bf16-autocast")] if prec["ours"] == "bf16" else [])
+        for label, precision in twins:
+            twin = create_model(name, img_size=s.img_size)
+            twin.load_state_dict(ours.state_dict())
+            impls.append(Impl(label, name, twin, precision))
     for c in compare:
         if c == "timm":
             import timm
@@ -70,16 +94,17 @@ def build_impls(model_name: str, compare: List[str], s: Settings, yardstick: boo
                                     f"variants timm ships (see `timm.list_models('mambaout*')`)")
             ref = timm.create_model(name)
             ref.load_state_dict(ours.state_dict())
-            impls.append(Impl("timm", name, ref))
+            impls.append(Impl("timm", name, ref, prec["others"]))
             if yardstick:
-                impls.append(Impl("timm:convnext_tiny", "convnext_tiny", timm.create_model("convnext_tiny")))
+                impls.append(Impl("timm:convnext_tiny", "convnext_tiny", timm.create_model("convnext_tiny"),
+                                  prec["others"]))
         elif c == "reference":
             ref = create_model(name, img_size=s.img_size)
             ref.load_state_dict(ours.state_dict())
             for m in ref.modules():
                 if hasattr(m, "fast"):
                     m.fast = False
-            impls.append(Impl("reference", name, ref))
+            impls.append(Impl("reference", name, ref, prec["others"]))
         else:
             raise MambaOutError(f"--compare takes timm or reference, got {c!r}")
     return impls
@@ -91,16 +116,25 @@ def _step_fn(impl: Impl, s: Settings, device: torch.device, tmpdir: Path) -> Cal
     if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    amp = _amp_dtype(s.precision)
+    amp = _amp_dtype(impl.precision)
     if s.backend == "onnxruntime":
         if s.mode != "infer" or device.type != "cpu":
             raise MambaOutError("the onnxruntime backend measures CPU inference only")
         from .export import export_onnx, onnx_session
         path = tmpdir / f"{impl.name.replace(':', '_')}.onnx"
         export_onnx(model.eval(), path, s.img_size)
+        if impl.precision == "int8":
+            from .quantize import quantize_int8
+            # calibrated on random inputs: the speed of int8 kernels does not depend on the ranges
+            calib = [torch.randn(4, 3, s.img_size, s.img_size, generator=torch.Generator().manual_seed(i)).numpy()
+                     for i in range(2)]
+            path = quantize_int8(path, tmpdir / f"{impl.name.replace(':', '_')}.int8.onnx", calib)
         sess = onnx_session(path, s.threads or torch.get_num_threads())
         feed = {"input": x.cpu().numpy()}
         return lambda: sess.run(None, feed)
+    if impl.precision == "bf16":
+        model = model.to(torch.bfloat16)
+        x = x.to(torch.bfloat16)
     run = torch.compile(model) if s.compile else model
     if s.mode == "infer":
         model.eval()
@@ -135,8 +169,12 @@ def run(models: List[str], compare: List[str], s: Settings) -> List[Dict]:
         raise MambaOutError("batch size, image size, repeats and iters must be positive")
     if s.mode not in ("infer", "train"):
         raise MambaOutError(f"mode must be infer or train, got {s.mode!r}")
-    if s.precision not in ("fp32", "bf16", "fp16"):
-        raise MambaOutError(f"precision must be fp32, bf16 or fp16, got {s.precision!r}")
+    if s.precision not in ("fp32", "bf16", "fp16", "int8"):
+        raise MambaOutError(f"precision must be fp32, bf16, fp16 or int8, got {s.precision!r}")
+    if s.precision == "int8" and s.backend != "onnxruntime":
+        raise MambaOutError("int8 runs through ONNX Runtime's quantized kernels: add --backend onnxruntime")
+    if s.backend == "onnxruntime" and s.precision in ("bf16", "fp16"):
+        raise MambaOutError("the onnxruntime backend measures fp32 and int8")
     device = torch.device(s.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MambaOutError("--device cuda requested but no CUDA device is available")
@@ -167,19 +205,30 @@ def run(models: List[str], compare: List[str], s: Settings) -> List[Dict]:
                 times[id(im)].append((time.perf_counter() - t0) / s.iters)
                 if device.type == "cuda":
                     peak_mem[id(im)] = max(peak_mem.get(id(im), 0), torch.cuda.max_memory_allocated())
-        peak_tflops = s.peak_tflops or _peak_tflops(device, s.precision)
+        gemm_peaks = {}
         for im in impls:
             step = statistics.median(times[id(im)])
             ips = s.batch_size / step
-            macs = count_macs(im.model, s.img_size)
+            macs = count_macs(im.model.float(), s.img_size)
             flops = 2 * macs * (3 if s.mode == "train" else 1) * ips
+            dtype = "bf16" if im.precision.startswith("bf16") else (
+                "fp16" if im.precision.startswith("fp16") else im.precision)
+            peak_tflops = s.peak_tflops or _peak_tflops(device, dtype)
+            if peak_tflops is None and device.type == "cpu" and dtype in ("fp32", "bf16"):
+                if dtype not in gemm_peaks:
+                    gemm_peaks[dtype] = gemm_peak_gflops(dtype)
+                peak_tflops = gemm_peaks[dtype] / 1000
             rec = dict(model=im.model_name, impl=im.name, **{k: v for k, v in asdict(s).items()
                                                               if k not in ("warmup", "peak_tflops", "threads")},
+                       row_precision=im.precision,
                        img_per_s=round(ips, 2), step_ms=round(1000 * step, 2),
                        step_ms_min=round(1000 * min(times[id(im)]), 2),
                        step_ms_max=round(1000 * max(times[id(im)]), 2),
                        gmacs_per_img=round(macs / 1e9, 3),
                        mfu=round(flops / (peak_tflops * 1e12), 4) if peak_tflops else None,
+                       peak_gflops=round(1000 * peak_tflops, 1) if peak_tflops else None,
+                       peak_source=("given" if s.peak_tflops else "datasheet" if device.type == "cuda"
+                                    else "measured GEMM") if peak_tflops else None,
                        peak_mem_mb=round(peak_mem[id(im)] / 2**20, 1) if id(im) in peak_mem else None,
                        device_name=_device_name(device), torch=torch.__version__,
                        threads=torch.get_num_threads() if device.type == "cpu" else None)
@@ -209,9 +258,55 @@ def _add_ratios(records):
         if o is None:
             continue
         r["ratio"] = round(o["img_per_s"] / r["img_per_s"], 3)
-        key = {"timm": "ratio_vs_timm", "reference": "ratio_vs_reference",
-               "timm:convnext_tiny": "ratio_vs_convnext_tiny"}[r["impl"]]
+        key = {"timm": "ratio_vs_timm", "reference": "ratio_vs_reference", "mambaout:fp32": "ratio_vs_fp32",
+               "mambaout:autocast": "ratio_vs_autocast", "timm:convnext_tiny": "ratio_vs_convnext_tiny"}[r["impl"]]
         o[key] = r["ratio"]
+
+
+def cpu_isa() -> Dict[str, bool]:
+    """Which of the instruction sets that matter for fp32 / bf16 / int8 this CPU has (Linux
+    /proc/cpuinfo flags), and PyTorch's own dispatch level."""
+    flags = set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {"AVX2": "avx2" in flags, "AVX-512": "avx512f" in flags, "AVX512_BF16": "avx512_bf16" in flags,
+            "AVX512_VNNI": "avx512_vnni" in flags or "avx_vnni" in flags,
+            "AMX": bool({"amx_bf16", "amx_int8", "amx_tile"} & flags),
+            "torch_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def isa_line(isa: Dict[str, bool]) -> str:
+    names = [k for k in ("AVX2", "AVX-512", "AVX512_BF16", "AVX512_VNNI", "AMX")]
+    have = ", ".join(f"{k} {'yes' if isa[k] else 'no'}" for k in names)
+    line = f"CPU ISA: {have} (PyTorch dispatch: {isa['torch_capability']})"
+    if not (isa["AVX512_BF16"] or isa["AMX"]):
+        line += "; no native bf16 here: bf16 is emulated and may be slower than fp32"
+    return line
+
+
+def gemm_peak_gflops(dtype: str = "fp32", n: int = 2048, repeats: int = 5) -> float:
+    """The CPU's practical GEMM peak here: the best GFLOP/s of a (2n x n) @ (n x n) product, through
+    torch.matmul and through oneDNN's linear (on AMD CPUs MKL's fp32 GEMM reaches about half of
+    oneDNN's), whichever is faster."""
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, w = torch.randn(2 * n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+    candidates = [lambda: a @ w.t()]
+    if torch.backends.mkldnn.is_available() and (dt == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        candidates.append(lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], ""))
+    best = float("inf")
+    with torch.inference_mode():
+        for product in candidates:
+            product()
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                product()
+                best = min(best, time.perf_counter() - t0)
+    return 2 * 2 * n ** 3 / best / 1e9
 
 
 def _device_name(device):
@@ -240,13 +335,15 @@ def _peak_tflops(device, precision):
 
 
 def format_table(records: List[Dict]) -> str:
-    head = f"{'model':<22}{'impl':<20}{'mode':<7}{'img/s':>9}{'step ms':>10}{'ours/this':>11}{'MFU':>7}"
+    """MFU: share of the device's peak; on a CPU, of the GEMM peak measured here for that dtype."""
+    head = (f"{'model':<22}{'impl':<20}{'precision':<15}{'mode':<7}{'img/s':>9}{'step ms':>10}{'ours/this':>11}"
+            f"{'MFU':>7}")
     lines = [head, "-" * len(head)]
     for r in records:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        lines.append(f"{r['model']:<22}{r['impl']:<20}{r['mode']:<7}{r['img_per_s']:>9.1f}"
-                     f"{r['step_ms']:>10.1f}{ratio:>11}{mfu:>7}")
+        lines.append(f"{r['model']:<22}{r['impl']:<20}{r.get('row_precision', r['precision']):<15}{r['mode']:<7}"
+                     f"{r['img_per_s']:>9.1f}{r['step_ms']:>10.1f}{ratio:>11}{mfu:>7}")
     return "\n".join(lines)
 
 

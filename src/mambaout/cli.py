@@ -221,7 +221,7 @@ def cmd_validate(args) -> int:
     from .evaluate import validate
     amp = _amp(args)
     r = validate(args.checkpoint, args.model, args.pretrained, args.data, args.split, args.batch_size,
-                 args.workers, args.img_size, args.crop_pct, args.device, amp, args.channels_last)
+                 args.workers, args.img_size, args.crop_pct, args.device, amp, args.channels_last, onnx=args.onnx)
     if args.json:
         print(json.dumps(r))
     else:
@@ -296,16 +296,30 @@ def cmd_benchmark(args) -> int:
               f"{r0['img_size']}px, {r0['precision']}, backend {r0['backend']}"
               + (", channels-last" if r0["channels_last"] else "") + (", compiled" if r0["compile"] else "")
               + f"; median of {args.repeats} interleaved repeats of {args.iters} step(s)")
+        if r0["device"] == "cpu":
+            print(bench.isa_line(bench.cpu_isa()))
         print(bench.format_table(records))
+        ours = next((r for r in records if r["impl"] == "mambaout"), None)
+        if ours and ours.get("ratio_vs_fp32"):
+            extra = "".join(f", {ours[k]:.2f}x {label}" for k, label in (
+                ("ratio_vs_autocast", "ours under autocast"), ("ratio_vs_timm", "timm at its " + next(
+                    (r["row_precision"] for r in records if r["impl"] == "timm"), "")))
+                if ours.get(k))
+            print(f"ours at {ours['row_precision']}: {ours['ratio_vs_fp32']:.2f}x ours in fp32{extra}")
     return 0
 
 
 def cmd_export(args) -> int:
     from .export import export
     r = export(args.model, args.format, args.output, args.checkpoint, args.pretrained, args.img_size,
-               args.opset, check=not args.no_check)
+               args.opset, check=not args.no_check, quantize=args.quantize, calibration=args.calibration,
+               calibration_images=args.calibration_images, calibration_method=args.calibration_method)
     if args.json:
         print(json.dumps(r))
+    elif args.quantize:
+        print(f"wrote {r['output']} (int8 QDQ ONNX, {r['model']}, {r['num_classes']} classes; calibrated on "
+              f"{r['calibration_images']} images of {r['calibration']}; top-1 agrees with fp32 on "
+              f"{100 * r['int8_top1_agreement']:.1f}% of them, max abs logit diff {r['int8_max_abs_diff']:.3g})")
     else:
         parity = f", max abs diff vs PyTorch {r['max_abs_diff']:.2e}" if "max_abs_diff" in r else ""
         print(f"wrote {r['output']} ({r['format']}, {r['model']}, {r['num_classes']} classes, "
@@ -691,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--crop-pct", type=float)
     s.add_argument("--json", action="store_true")
     _add_run_flags(s)
+    s.add_argument("--onnx", help="evaluate this exported (fp32 or int8) ONNX file with ONNX Runtime")
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("predict", help="top-k classes for image files")
@@ -743,7 +758,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-b", "--batch-size", type=int, default=16)
     s.add_argument("--img-size", type=int, default=224)
     s.add_argument("--device", default="cpu")
-    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="bf16/fp16: autocast")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
+                   help="bf16: ours with bf16 weights and under autocast, timm under autocast; fp16: autocast; "
+                        "int8: ours quantized (needs --backend onnxruntime), timm fp32; ours also runs fp32")
     s.add_argument("--channels-last", action="store_true")
     s.add_argument("--torchcompile", "--compile", dest="torchcompile", action="store_true")
     s.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
@@ -766,6 +783,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--img-size", type=int)
     s.add_argument("--opset", type=int, default=17)
     s.add_argument("--no-check", action="store_true", help="skip the parity check")
+    s.add_argument("--quantize", choices=["int8"], help="int8 static quantization (ONNX Runtime, QDQ, per-channel)")
+    s.add_argument("--calibration", metavar="DIR", help="images to calibrate int8 on (default: the digits set)")
+    s.add_argument("--calibration-images", type=int, default=64)
+    s.add_argument("--calibration-method", default="minmax", choices=["minmax", "percentile", "entropy"])
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_export)
 

@@ -56,11 +56,23 @@ def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int):
 def validate(checkpoint=None, model_name: Optional[str] = None, pretrained: bool = False,
              data: Optional[str] = None, split: str = "val", batch_size: int = 128, workers: int = 2,
              img_size: Optional[int] = None, crop_pct: Optional[float] = None, device: str = "auto",
-             amp: Optional[str] = None, channels_last: bool = False) -> dict:
-    """Evaluate a training checkpoint, a released model (--pretrained) or any weights file."""
+             amp: Optional[str] = None, channels_last: bool = False, onnx=None) -> dict:
+    """Evaluate a training checkpoint, a released model (--pretrained), any weights file, or an
+    exported (fp32 or int8) ONNX file run by ONNX Runtime on the CPU (its preprocessing and class
+    names from the file's metadata)."""
     from .checkpoint import load_for_inference
-    d = setup(device)
-    model, info = load_for_inference(checkpoint, model_name, pretrained)
+    if onnx is not None:
+        from .predict import OnnxModel
+        if checkpoint or model_name or pretrained:
+            raise MambaOutError("give --onnx FILE or a model (--checkpoint / --model), not both")
+        if amp or channels_last:
+            raise MambaOutError("--amp and --channels-last apply to PyTorch models, not to --onnx")
+        d = setup("cpu")
+        model = OnnxModel(onnx)
+        info = model.meta
+    else:
+        d = setup(device)
+        model, info = load_for_inference(checkpoint, model_name, pretrained)
     cfg = model.pretrained_cfg
     size = img_size or info.get("img_size") or cfg["input_size"][-1]
     tf = eval_transform(size, crop_pct if crop_pct is not None else info.get("crop_pct", cfg["crop_pct"]),
@@ -88,4 +100,6 @@ def validate(checkpoint=None, model_name: Optional[str] = None, pretrained: bool
     result = evaluate(model, loader, d, amp_dtype, channels_last)
     result.update(model=info.get("model_name", getattr(model, "variant", None)), split=split,
                   img_size=size, data=data or "digits (embedded)")
+    if onnx is not None:
+        result.update(onnx=str(onnx), quantization=info.get("quantization"))
     return result

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .errors import MambaOutError
+from .errors import MambaOutError, require
 from .utils import atomic_write
 
 log = logging.getLogger("mambaout")
@@ -23,6 +23,7 @@ def export_onnx(model: torch.nn.Module, path, img_size: int = 224, opset: int = 
     unless dynamic_size=False. Output name 'logits', input name 'input' (N, C, H, W).
     `metadata` (JSON-able values) is stored in the file's metadata_props, so that
     `mambaout predict --onnx` knows the preprocessing and the class names."""
+    onnx = require("onnx", "export", "ONNX export")
     model = model.eval()
     x = torch.randn(2, getattr(model, "in_chans", 3), img_size, img_size)
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
@@ -35,7 +36,6 @@ def export_onnx(model: torch.nn.Module, path, img_size: int = 224, opset: int = 
             torch.onnx.export(model, (x,), tmp, dynamo=False, input_names=["input"], output_names=["logits"],
                               dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
         if metadata:
-            import onnx
             proto = onnx.load(tmp)
             for k, v in metadata.items():
                 entry = proto.metadata_props.add()
@@ -71,10 +71,7 @@ def export_torchscript(model: torch.nn.Module, path, img_size: int = 224) -> Pat
 
 
 def onnx_session(path, threads: Optional[int] = None):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise MambaOutError("the ONNX Runtime backend needs onnxruntime: pip install onnxruntime") from None
+    ort = require("onnxruntime", "export", "ONNX Runtime inference")
     if not Path(path).is_file():
         raise MambaOutError(f"ONNX file not found: {path}")
     opts = ort.SessionOptions()
@@ -107,11 +104,29 @@ def check_parity(model: torch.nn.Module, path, fmt: str, sizes=((2, 224), (3, 16
 
 
 def export(model_name: str, fmt: str, output, checkpoint=None, pretrained: bool = False,
-           img_size: Optional[int] = None, opset: int = 17, check: bool = True) -> dict:
+           img_size: Optional[int] = None, opset: int = 17, check: bool = True, quantize: Optional[str] = None,
+           calibration=None, calibration_images: int = 64, calibration_method: str = "minmax") -> dict:
+    """Export, check against PyTorch; with quantize="int8" (ONNX only) the checked fp32 export is
+    quantized (quantize.quantize_int8) on calibration images and compared with it."""
     from .checkpoint import load_for_inference
     from .models import create_model
     if fmt not in ("onnx", "torchscript"):
         raise MambaOutError(f"--format must be onnx or torchscript, got {fmt!r}")
+    if quantize not in (None, "int8"):
+        raise MambaOutError(f"--quantize takes int8, got {quantize!r}")
+    if quantize and fmt != "onnx":
+        raise MambaOutError("--quantize int8 needs --format onnx")
+    if calibration_images <= 0:
+        raise MambaOutError(f"--calibration-images must be positive, got {calibration_images}")
+    if quantize:
+        require("onnxruntime", "export", "int8 quantization")
+        if calibration is not None and not Path(calibration).is_dir():
+            raise MambaOutError(f"calibration folder not found: {calibration}")
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = Path(tmp) / "fp32.onnx"
+            result = export(model_name, fmt, fp32, checkpoint, pretrained, img_size, opset, check)
+            return _quantized(fp32, output, result, calibration, calibration_images, calibration_method)
     if checkpoint or pretrained:
         model, info = load_for_inference(checkpoint, model_name, pretrained)
     else:
@@ -137,4 +152,27 @@ def export(model_name: str, fmt: str, output, checkpoint=None, pretrained: bool 
         result["max_abs_diff"] = diff
         if diff > PARITY_ATOL:
             raise MambaOutError(f"exported {fmt} differs from PyTorch by {diff:.2e} (> {PARITY_ATOL})")
+    return result
+
+
+def _quantized(fp32, output, result: dict, calibration, num_images: int, method: str) -> dict:
+    """int8 QDQ file from the checked fp32 export; how far its logits are from fp32's on the
+    calibration images (top-1 agreement, max abs difference)."""
+    from .data import eval_transform
+    from .quantize import calibration_batches, quantize_int8
+    meta = onnx_metadata(fp32)
+    tf = eval_transform(meta["img_size"], meta["crop_pct"], meta["interpolation"], meta["mean"], meta["std"])
+    batches = calibration_batches(tf, calibration, num_images)
+    quantize_int8(fp32, output, batches, method=method)
+    a, b = onnx_session(fp32), onnx_session(output)
+    agree = total = 0
+    worst = 0.0
+    for batch in batches:
+        ref, out = a.run(None, {"input": batch})[0], b.run(None, {"input": batch})[0]
+        agree += int((ref.argmax(1) == out.argmax(1)).sum())
+        total += len(batch)
+        worst = max(worst, float(np.abs(ref - out).max()))
+    result = dict(result, output=str(output), quantize="int8", calibration=str(calibration or "digits (embedded)"),
+                  calibration_images=total, int8_top1_agreement=round(agree / total, 4),
+                  int8_max_abs_diff=round(worst, 4), fp32_max_abs_diff=result.pop("max_abs_diff", None))
     return result

@@ -25,20 +25,27 @@ def class_names_for(num_classes: int, class_names: Optional[Sequence[str]]) -> L
     return [str(i) for i in range(num_classes)]
 
 
-class _OnnxModel:
-    """Calls an exported ONNX file through ONNX Runtime like a PyTorch model."""
+class OnnxModel:
+    """Calls an exported ONNX file (fp32 or int8) through ONNX Runtime like a PyTorch model."""
 
     def __init__(self, path):
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
         from .export import onnx_metadata, onnx_session
         self.session = onnx_session(path)
         self.meta = onnx_metadata(path)
         self.num_classes = int(self.session.get_outputs()[0].shape[-1]) if isinstance(
             self.session.get_outputs()[0].shape[-1], int) else int(self.meta.get("num_classes", 1000))
+        self.pretrained_cfg = {"input_size": (3, 224, 224), "crop_pct": 1.0, "interpolation": "bicubic",
+                               "mean": self.meta.get("mean", IMAGENET_DEFAULT_MEAN),
+                               "std": self.meta.get("std", IMAGENET_DEFAULT_STD)}
 
     def __call__(self, x):
-        return torch.from_numpy(self.session.run(None, {"input": x.numpy()})[0])
+        return torch.from_numpy(self.session.run(None, {"input": x.detach().cpu().float().numpy()})[0])
 
-    def to(self, device):
+    def to(self, *args, **kwargs):
+        return self
+
+    def eval(self):
         return self
 
 
@@ -78,7 +85,7 @@ class Classifier:
         """From a training checkpoint, a weights file (+ model name), released weights, or an
         exported ONNX file (CPU, ONNX Runtime). random_ok: a bare model name builds an untrained model."""
         if onnx is not None:
-            model = _OnnxModel(onnx)
+            model = OnnxModel(onnx)
             return cls(model, model.meta, img_size, "cpu")
         from .checkpoint import load_for_inference
         if checkpoint is None and model_name and not pretrained and random_ok:

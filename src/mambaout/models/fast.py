@@ -67,41 +67,75 @@ def _onednn_act(act: nn.Module):
     return _ONEDNN_ACT.get((type(act).__name__, getattr(act, "approximate", None)))
 
 
+def _mkldnn_bf16() -> bool:
+    """oneDNN runs bf16 natively here (AVX512_BF16 / AMX, or AVX-512 emulation it accepts)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _use_onednn(blk, x) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and _onednn_act(blk.act) is not None and blk.conv.bias is not None)
+    return (x.device.type == "cpu" and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _mkldnn_bf16()))
+            and torch.backends.mkldnn.is_available() and _onednn_act(blk.act) is not None
+            and blk.conv.bias is not None)
 
 
-def _plan(blk):
-    """Folded and split weights for inference; cached until any block weight changes."""
-    params = (blk.norm.weight, blk.norm.bias, blk.fc1.weight, blk.fc1.bias, blk.fc2.weight, blk.fc2.bias)
-    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-    cache = blk.__dict__.get("_plan_cache")
+def _plan(blk, dtype=None):
+    """Folded and split weights for inference in `dtype` (default: the weights' own), folded in
+    fp32 and cast once; cached per dtype until any block weight changes."""
+    params = (blk.norm.weight, blk.norm.bias, blk.fc1.weight, blk.fc1.bias, blk.fc2.weight, blk.fc2.bias,
+              blk.conv.weight, blk.conv.bias, getattr(blk.ls, "gamma", None))
+    dtype = dtype or blk.fc1.weight.dtype
+    key = tuple((None if p is None else (p.data_ptr(), p._version, p.dtype, p.device)) for p in params)
+    caches = blk.__dict__.setdefault("_plan_cache", {})
+    cache = caches.get(dtype)
     if cache is not None and cache[0] == key:
         return cache[1]
     hidden, ident, _ = blk.split_indices
     n = hidden + ident
     with torch.no_grad():
-        gamma, beta, w1, b1, w2, _ = params
+        gamma, beta, w1, b1, w2, b2, wconv, bconv, ls = (None if t is None else t.float() for t in params)
         w = w1 * gamma                           # scale input columns
         b = torch.addmv(b1, w1, beta)            # b + W @ beta
-        plan = {name: t.contiguous() for name, t in dict(
-            wg1=w[:ident], bg1=b[:ident], wg2=w[ident:hidden], bg2=b[ident:hidden],
-            wi=w[hidden:n], bi=b[hidden:n], wc=w[n:], bc=b[n:],
-            w2a=w2[:, :ident], w2b=w2[:, ident:]).items()}
-    blk.__dict__["_plan_cache"] = (key, plan)
+        parts = dict(wg1=w[:ident], bg1=b[:ident], wg2=w[ident:hidden], bg2=b[ident:hidden],
+                     wi=w[hidden:n], bi=b[hidden:n], wc=w[n:], bc=b[n:],
+                     w2a=w2[:, :ident], w2b=w2[:, ident:], b2=b2, wconv=wconv, bconv=bconv, ls=ls)
+        plan = {name: None if t is None else t.to(dtype).contiguous() for name, t in parts.items()}
+    caches[dtype] = (key, plan)
     return plan
 
 
+def _autocast_dtype(x):
+    try:
+        return torch.get_autocast_dtype(x.device.type)
+    except AttributeError:  # older torch
+        return torch.get_autocast_gpu_dtype() if x.is_cuda else torch.get_autocast_cpu_dtype()
+
+
+def _foldable(blk) -> bool:
+    return (type(blk.norm) is nn.LayerNorm and blk.norm.elementwise_affine and blk.norm.bias is not None
+            and blk.fc1.bias is not None and blk.fc2.bias is not None)
+
+
 def _inference_ok(blk, x) -> bool:
-    return (inference_mode_active(x) and type(blk.norm) is nn.LayerNorm and blk.norm.elementwise_affine
-            and blk.norm.bias is not None and blk.fc1.bias is not None and blk.fc2.bias is not None)
+    return inference_mode_active(x) and _foldable(blk)
+
+
+def _run_plan(blk, x):
+    return _inference_onednn(blk, x) if _use_onednn(blk, x) else _inference(blk, x)
 
 
 def gated_cnn_fast(blk, x: torch.Tensor) -> torch.Tensor:
     """Forward of a GatedCNNBlock (x: B, H, W, C), equal to blk.forward_reference(x)."""
     if _inference_ok(blk, x):
-        return _inference_onednn(blk, x) if _use_onednn(blk, x) else _inference(blk, x)
+        return _run_plan(blk, x)
+    if not torch.is_grad_enabled() and not _tracing() and _autocast(x) and _foldable(blk):
+        # Inference under autocast: the same plan with its weights cast once to the autocast
+        # dtype (fp32 weights stay as they are), activations in that dtype between blocks.
+        dtype = _autocast_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return _run_plan(blk, x.to(dtype))
     # Eager training: the custom autograd Functions below. What traces the graph (jit, ONNX
     # export, fvcore, torch.compile) gets the same plan in plain ops and autograd's backward.
     return _train(blk, x, functions=torch.is_grad_enabled() and not _tracing())
@@ -151,10 +185,7 @@ def _autocast_inputs(*tensors):
     x = tensors[0]
     if not _autocast(x):
         return tensors
-    try:
-        dtype = torch.get_autocast_dtype(x.device.type)
-    except AttributeError:  # older torch
-        dtype = torch.get_autocast_gpu_dtype() if x.is_cuda else torch.get_autocast_cpu_dtype()
+    dtype = _autocast_dtype(x)
     return tuple(t if t is None else t.to(dtype) for t in tensors)
 
 
@@ -258,27 +289,28 @@ class DepthwiseConv(torch.autograd.Function):
         return gx, gw, gb, None
 
 
-def _layer_scale_residual(blk, y, x2):
-    if isinstance(blk.ls, nn.Identity):
+def _layer_scale_residual(p, y, x2):
+    if p.get("ls") is None:
         return y.add_(x2)
-    return y.mul_(blk.ls.gamma).add_(x2)
+    return y.mul_(p["ls"]).add_(x2)
 
 
 def _inference(blk, x):
     B, H, W, C = x.shape
     N = B * H * W
     hidden, ident, cc = blk.split_indices
-    p = _plan(blk)
+    p = _plan(blk, x.dtype)
     x2 = x.reshape(N, C)
     xn = F.layer_norm(x2, (C,), None, None, blk.norm.eps)
     c = F.linear(xn, p["wc"], p["bc"])
     z2 = blk.act(F.linear(xn, p["wg2"], p["bg2"]))
-    z2.mul_(blk.conv(c.view(B, H, W, cc).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(N, cc))
-    y = F.linear(z2, p["w2b"], blk.fc2.bias)
+    conv = F.conv2d(c.view(B, H, W, cc).permute(0, 3, 1, 2), p["wconv"], p["bconv"], 1, blk.conv.padding, 1, cc)
+    z2.mul_(conv.permute(0, 2, 3, 1).reshape(N, cc))
+    y = F.linear(z2, p["w2b"], p["b2"])
     if ident:
         z1 = blk.act(F.linear(xn, p["wg1"], p["bg1"])).mul_(F.linear(xn, p["wi"], p["bi"]))
         y.addmm_(z1, p["w2a"].t())
-    return _layer_scale_residual(blk, y, x2).view(B, H, W, C)
+    return _layer_scale_residual(p, y, x2).view(B, H, W, C)
 
 
 def _inference_onednn(blk, x):
@@ -287,7 +319,7 @@ def _inference_onednn(blk, x):
     N = B * H * W
     hidden, ident, cc = blk.split_indices
     attr, algo = _onednn_act(blk.act)
-    p = _plan(blk)
+    p = _plan(blk, x.dtype)
     x2 = x.reshape(N, C)
     xn = F.layer_norm(x2, (C,), None, None, blk.norm.eps)          # affine folded into fc1
     c = ops._linear_pointwise(xn, p["wc"], p["bc"], "none", [], "")
@@ -295,21 +327,21 @@ def _inference_onednn(blk, x):
     k = blk.conv.kernel_size[0]
     z2 = ops._convolution_pointwise.binary(                           # conv(c) * act(gate)
         c.view(B, H, W, cc).permute(0, 3, 1, 2), a2.view(B, H, W, cc).permute(0, 3, 1, 2),
-        blk.conv.weight, blk.conv.bias, [k // 2, k // 2], [1, 1], [1, 1], cc, "mul", None, None, [], None)
+        p["wconv"], p["bconv"], [k // 2, k // 2], [1, 1], [1, 1], cc, "mul", None, None, [], None)
     z2 = z2.permute(0, 2, 3, 1).reshape(N, cc)
-    residual_fused = isinstance(blk.ls, nn.Identity)
+    residual_fused = p.get("ls") is None
     if ident:
         a1 = ops._linear_pointwise(xn, p["wg1"], p["bg1"], attr, [], algo)
         z1 = ops._linear_pointwise.binary(xn, a1, p["wi"], p["bi"], "mul")  # identity * act(gate)
         if residual_fused:
-            y = ops._linear_pointwise.binary(z1, x2, p["w2a"], blk.fc2.bias, "add")
+            y = ops._linear_pointwise.binary(z1, x2, p["w2a"], p["b2"], "add")
         else:
-            y = ops._linear_pointwise(z1, p["w2a"], blk.fc2.bias, "none", [], "")
-        y.addmm_(z2, p["w2b"].t())
+            y = ops._linear_pointwise(z1, p["w2a"], p["b2"], "none", [], "")
+        y = ops._linear_pointwise.binary(z2, y, p["w2b"], None, "add")  # + the identity half, fused
     elif residual_fused:
-        y = ops._linear_pointwise.binary(z2, x2, p["w2b"], blk.fc2.bias, "add")
+        y = ops._linear_pointwise.binary(z2, x2, p["w2b"], p["b2"], "add")
     else:
-        y = ops._linear_pointwise(z2, p["w2b"], blk.fc2.bias, "none", [], "")
+        y = ops._linear_pointwise(z2, p["w2b"], p["b2"], "none", [], "")
     if not residual_fused:
-        y = _layer_scale_residual(blk, y, x2)
+        y = _layer_scale_residual(p, y, x2)
     return y.view(B, H, W, C)

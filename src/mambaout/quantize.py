@@ -1,0 +1,105 @@
+"""Post-training static int8 quantization of an exported ONNX model with ONNX Runtime's tools:
+QDQ format, per-channel symmetric int8 weights, activations calibrated on real images (a folder
+of the user's, or the embedded digits' training split). Part of the `export` extra."""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from .errors import MambaOutError, require
+
+log = logging.getLogger("mambaout")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
+# What gets int8 kernels. MatMul and Conv are nearly all of MambaOut's work; quantizing the
+# elementwise ops too (GELU, the gating Mul, the residual Add) adds a quantize/dequantize pair
+# around each and makes the model slower on CPU.
+OPS = ("MatMul", "Conv", "Gemm")
+
+
+def calibration_images(folder, limit: int) -> List[Path]:
+    """Up to `limit` image files under `folder` (recursive), spread evenly over the sorted list
+    so that every class of an ImageFolder is represented."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise MambaOutError(f"calibration folder not found: {folder}")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise MambaOutError(f"no images in calibration folder {folder}")
+    if len(files) > limit:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
+    return files
+
+
+def calibration_batches(transform, folder=None, num_images: int = 64, batch_size: int = 8) -> List[np.ndarray]:
+    """Normalised (N, 3, H, W) float32 batches: images of `folder`, or the digits training split."""
+    import torch
+    from .data import load_image
+    tensors = []
+    if folder is None:
+        from .data import DigitsDataset
+        digits = DigitsDataset("train", img_size=32)
+        for i in np.linspace(0, len(digits) - 1, min(num_images, len(digits))).round().astype(int):
+            tensors.append(transform(digits[int(i)][0]))
+    else:
+        skipped = 0
+        for path in calibration_images(folder, num_images):
+            try:
+                tensors.append(transform(load_image(path)))
+            except Exception:  # noqa: BLE001 - a damaged file is skipped, like in training
+                skipped += 1
+        if skipped:
+            log.warning("skipped %d unreadable calibration images", skipped)
+        if not tensors:
+            raise MambaOutError(f"no readable images in calibration folder {folder}")
+    return [torch.stack(tensors[i:i + batch_size]).numpy() for i in range(0, len(tensors), batch_size)]
+
+
+def quantize_int8(fp32_path, output, batches: List[np.ndarray], per_channel: bool = True,
+                  method: str = "minmax") -> Path:
+    """Write the int8 QDQ model of the fp32 ONNX file `fp32_path` to `output` (atomically),
+    its activation ranges calibrated on `batches`; the fp32 file's metadata is kept."""
+    require("onnxruntime", "export", "int8 quantization")
+    onnx = require("onnx", "export", "int8 quantization")
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from .utils import atomic_write
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise MambaOutError(f"unknown calibration method {method!r}: {', '.join(methods)}")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(batches)
+
+        def get_next(self):
+            batch = next(self.it, None)
+            return None if batch is None else {"input": batch}
+
+    meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+
+        def write(out):
+            quantize_static(str(pre), out, Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=list(OPS), calibrate_method=methods[method],
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+            proto = onnx.load(out)
+            del proto.metadata_props[:]
+            meta["quantization"] = json.dumps({"format": "QDQ", "weights": "int8 per-channel" if per_channel
+                                               else "int8", "activations": "uint8", "ops": list(OPS),
+                                               "calibration": method,
+                                               "calibration_images": int(sum(len(b) for b in batches))})
+            for k, v in meta.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = k, v
+            onnx.save(proto, out)
+        return atomic_write(output, write)

@@ -1,0 +1,151 @@
+"""Low-precision CPU inference (issue 13): int8 ONNX export calibrated on images and validated,
+the bf16/int8 benchmark rows with the ISA report, and one-line errors for missing extras."""
+import json
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mambaout import benchmark as bench
+from mambaout.cli import main
+from mambaout.recipe import digits_recipe
+from mambaout.train import RunOptions, train
+
+
+@pytest.fixture(scope="module")
+def digits_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lowp") / "run"
+    train(replace(digits_recipe(), epochs=3), RunOptions(output=str(out), workers=0, progress=False))
+    return out / "best.pth"
+
+
+def run_json(capsys, args):
+    code = main(args + ["--json"])
+    cap = capsys.readouterr()
+    return code, (json.loads(cap.out) if code == 0 else None), cap.err
+
+
+def test_int8_export_validates_close_to_fp32(digits_ckpt, tmp_path, capsys):
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    code, r, err = run_json(capsys, ["export", "mambaout_femto", "--checkpoint", str(digits_ckpt), "--format", "onnx",
+                                     "-o", str(fp32)])
+    assert code == 0, err
+    code, r, err = run_json(capsys, ["export", "mambaout_femto", "--checkpoint", str(digits_ckpt), "--format", "onnx",
+                                     "--quantize", "int8", "-o", str(int8)])
+    assert code == 0, err
+    assert r["quantize"] == "int8" and r["calibration_images"] == 64 and r["fp32_max_abs_diff"] <= 1e-4
+    assert r["int8_top1_agreement"] >= 0.95
+    # the int8 file holds int8 weights and QDQ nodes, and is smaller
+    import onnx
+    proto = onnx.load(str(int8))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["class_names"]) == [str(d) for d in range(10)] and "quantization" in meta
+    results = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        code, results[name], err = run_json(capsys, ["validate", "--onnx", str(path), "-j", "0"])
+        assert code == 0, err
+    code, torch_r, err = run_json(capsys, ["validate", "--checkpoint", str(digits_ckpt), "-j", "0", "--device", "cpu"])
+    assert results["fp32"]["top1"] == pytest.approx(torch_r["top1"])
+    assert results["fp32"]["images"] == results["int8"]["images"] == 355
+    assert abs(results["int8"]["top1"] - results["fp32"]["top1"]) <= 1.0, results
+    assert results["int8"]["quantization"] and results["fp32"]["quantization"] is None
+    # predict through the int8 file uses the checkpoint's class names
+    img = tmp_path / "d.png"
+    Image.fromarray((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)).save(img)
+    code, p, _ = run_json(capsys, ["predict", str(img), "--onnx", str(int8)])
+    assert code == 0 and p["predictions"][0]["topk"][0]["label"] in [str(d) for d in range(10)]
+
+
+def test_int8_calibration_folder(digits_ckpt, tmp_path, capsys, caplog):
+    calib = tmp_path / "calib"
+    for cls in ("a", "b"):
+        (calib / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(
+                calib / cls / f"{i}.png")
+    (calib / "a" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    code, r, err = run_json(capsys, ["export", "mambaout_femto", "--checkpoint", str(digits_ckpt), "--format", "onnx",
+                                     "--quantize", "int8", "--calibration", str(calib), "-o", str(tmp_path / "q.onnx")])
+    assert code == 0, err
+    assert r["calibration_images"] == 10 and r["calibration"] == str(calib)
+    assert "skipped 1 unreadable calibration images" in caplog.text
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--quantize", "int8", "--calibration", "/nonexistent/folder"], "calibration folder not found"),
+    (["--quantize", "int8", "--calibration", "EMPTY"], "no images in calibration folder"),
+    (["--quantize", "int8", "--calibration-images", "0"], "--calibration-images must be positive"),
+    (["--quantize", "int4"], "invalid choice: 'int4'"),
+])
+def test_int8_export_errors_are_one_line(digits_ckpt, tmp_path, capsys, extra, needle):
+    extra = [str(tmp_path) if e == "EMPTY" else e for e in extra]
+    code = main(["export", "mambaout_femto", "--checkpoint", str(digits_ckpt), "--format", "onnx",
+                 "-o", str(tmp_path / "x.onnx"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_quantize_needs_onnx_format(tmp_path, capsys):
+    code = main(["export", "mambaout_femto", "--format", "torchscript", "--quantize", "int8", "-o", str(tmp_path / "x")])
+    assert code == 2 and "--quantize int8 needs --format onnx" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module, args", [
+    ("onnx", ["export", "mambaout_femto", "--format", "onnx", "-o", "OUT"]),
+    ("onnxruntime", ["validate", "--onnx", "OUT"]),
+    ("onnxruntime", ["export", "mambaout_femto", "--format", "onnx", "--quantize", "int8", "-o", "OUT"]),
+])
+def test_missing_optional_dependency_is_one_line(monkeypatch, tmp_path, capsys, module, args):
+    monkeypatch.setitem(sys.modules, module, None)
+    code = main([str(tmp_path / "x.onnx") if a == "OUT" else a for a in args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"needs the {module} package: pip install 'mambaout[export]'" in err
+
+
+def test_validate_onnx_rejects_torch_flags(tmp_path, capsys):
+    assert main(["validate", "--onnx", str(tmp_path / "x.onnx"), "--model", "mambaout_femto"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+# ---- benchmark ---------------------------------------------------------------------------------------
+
+def test_benchmark_bf16_rows(capsys):
+    code = main(["benchmark", "--model", "mambaout_femto", "--compare", "timm", "--precision", "bf16",
+                 "-b", "2", "--img-size", "64", "--repeats", "1", "--warmup", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.splitlines()[1].startswith("CPU ISA: AVX2 ")
+    assert "ours at bf16:" in out and "x ours in fp32" in out
+    code, records, _ = run_json(capsys, ["benchmark", "--model", "mambaout_femto", "--compare", "timm", "--precision",
+                                         "bf16", "-b", "2", "--img-size", "64", "--repeats", "1", "--warmup", "1"])
+    rows = {r["impl"]: r["row_precision"] for r in records}
+    assert rows == {"mambaout": "bf16", "mambaout:fp32": "fp32", "mambaout:autocast": "bf16-autocast",
+                    "timm": "bf16-autocast", "timm:convnext_tiny": "bf16-autocast"}
+    ours = next(r for r in records if r["impl"] == "mambaout")
+    assert {"ratio_vs_fp32", "ratio_vs_autocast", "ratio_vs_timm"} <= set(ours)
+    assert ours["peak_source"] == "measured GEMM" and ours["peak_gflops"] > 0 and 0 < ours["mfu"]
+
+
+def test_benchmark_int8_rows(capsys):
+    code, records, err = run_json(capsys, ["benchmark", "--model", "mambaout_femto", "--compare", "timm", "--precision",
+                                           "int8", "--backend", "onnxruntime", "-b", "2", "--img-size", "64",
+                                           "--repeats", "1", "--warmup", "1"])
+    assert code == 0, err
+    assert {r["impl"]: r["row_precision"] for r in records} == {
+        "mambaout": "int8", "mambaout:fp32": "fp32", "timm": "fp32", "timm:convnext_tiny": "fp32"}
+    assert main(["benchmark", "--model", "mambaout_femto", "--precision", "int8"]) == 2
+    assert "add --backend onnxruntime" in capsys.readouterr().err
+
+
+def test_isa_report():
+    isa = bench.cpu_isa()
+    assert set(isa) == {"AVX2", "AVX-512", "AVX512_BF16", "AVX512_VNNI", "AMX", "torch_capability"}
+    no_bf16 = dict(isa, AVX512_BF16=False, AMX=False)
+    assert "no native bf16 here" in bench.isa_line(no_bf16)
+    assert "no native bf16" not in bench.isa_line(dict(isa, AVX512_BF16=True))
