@@ -17,8 +17,12 @@ log = logging.getLogger("mambaout")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
 # What gets int8 kernels. MatMul and Conv are nearly all of MambaOut's work; quantizing the
 # elementwise ops too (GELU, the gating Mul, the residual Add) adds a quantize/dequantize pair
-# around each and makes the model slower on CPU.
+# around each and makes the model slower on CPU (measured: docs/performance.md).
 OPS = ("MatMul", "Conv", "Gemm")
+# MatMul outputs stay float: ONNX Runtime then runs each as one MatMulIntegerToFloat (int8 GEMM
+# with the dequantization in its epilogue) instead of QLinearMatMul + DequantizeLinear, since
+# what follows every MatMul here (bias, GELU, gating, residual) is float anyway.
+FLOAT_OUTPUTS = ("MatMul",)
 
 
 def calibration_images(folder, limit: int) -> List[Path]:
@@ -91,11 +95,13 @@ def quantize_int8(fp32_path, output, batches: List[np.ndarray], per_channel: boo
             quantize_static(str(pre), out, Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=list(OPS), calibrate_method=methods[method],
-                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                                           "OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUTS)})
             proto = onnx.load(out)
             del proto.metadata_props[:]
             meta["quantization"] = json.dumps({"format": "QDQ", "weights": "int8 per-channel" if per_channel
                                                else "int8", "activations": "uint8", "ops": list(OPS),
+                                               "float_outputs": list(FLOAT_OUTPUTS),
                                                "calibration": method,
                                                "calibration_images": int(sum(len(b) for b in batches))})
             for k, v in meta.items():
