@@ -235,13 +235,22 @@ def cmd_predict(args) -> int:
     from .predict import predict
     r = predict(args.images, args.checkpoint, args.model, args.pretrained, args.top_k, args.batch_size,
                 args.img_size, args.device, onnx=args.onnx)
-    if args.json:
+
+    def show(p):
+        print(p["image"])
+        for t in p["topk"]:
+            print(f"  {100 * t['prob']:6.2f}%  {t['label']}  (class {t['index']})")
+    return _report_images(r, "predictions", show, args.json)
+
+
+def _report_images(r: dict, key: str, show, as_json: bool) -> int:
+    """Per-image results on stdout (JSON, or `show` for each of r[key]), one stderr line per
+    unreadable image (r["errors"]), exit code 1 if there was any."""
+    if as_json:
         print(json.dumps(r))
     else:
-        for p in r["predictions"]:
-            print(p["image"])
-            for t in p["topk"]:
-                print(f"  {100 * t['prob']:6.2f}%  {t['label']}  (class {t['index']})")
+        for item in r[key]:
+            show(item)
     for e in r["errors"]:
         print(f"mambaout: error: {e['error']}", file=sys.stderr)
     return 1 if r["errors"] else 0
@@ -255,14 +264,8 @@ def cmd_cam(args) -> int:
     clf = Classifier.load(args.checkpoint, args.model, args.pretrained, args.img_size, args.device)
     r = explain_images(args.images, clf, args.output, target=args.target, method=args.method, layer=args.layer,
                        save_npy=args.save_npy)
-    if args.json:
-        print(json.dumps(r))
-    else:
-        for e in r["results"]:
-            print(f"{e['image']}: {e['label']} ({100 * e['prob']:.1f}%) -> {e['overlay']}")
-    for e in r["errors"]:
-        print(f"mambaout: error: {e['error']}", file=sys.stderr)
-    return 1 if r["errors"] else 0
+    return _report_images(r, "results", lambda e: print(f"{e['image']}: {e['label']} ({100 * e['prob']:.1f}%) -> "
+                                                        f"{e['overlay']}"), args.json)
 
 
 def cmd_demo(args) -> int:
