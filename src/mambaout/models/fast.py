@@ -28,6 +28,7 @@ full-size gradients for every slice and split. Here instead:
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 import torch.nn as nn
@@ -81,6 +82,20 @@ def _use_onednn(blk, x) -> bool:
             and blk.conv.bias is not None)
 
 
+# Per block: {"plan": {dtype: (key, plan)}, "packed": {dtype: (plan, packed)}}. Kept outside the
+# modules so that copying, pickling or saving a model never carries (or trips over) them.
+_CACHES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _cache(blk, kind: str) -> dict:
+    return _CACHES.setdefault(blk, {}).setdefault(kind, {})
+
+
+def cached_plans(blk) -> list:
+    """The dtypes a block holds an inference plan for (for tests and debugging)."""
+    return sorted(_cache(blk, "plan"), key=str)
+
+
 def _plan(blk, dtype=None):
     """Folded and split weights for inference in `dtype` (default: the weights' own), folded in
     fp32 and cast once; cached per dtype until any block weight changes."""
@@ -88,7 +103,7 @@ def _plan(blk, dtype=None):
               blk.conv.weight, blk.conv.bias, getattr(blk.ls, "gamma", None))
     dtype = dtype or blk.fc1.weight.dtype
     key = tuple((None if p is None else (p.data_ptr(), p._version, p.dtype, p.device)) for p in params)
-    caches = blk.__dict__.setdefault("_plan_cache", {})
+    caches = _cache(blk, "plan")
     cache = caches.get(dtype)
     if cache is not None and cache[0] == key:
         return cache[1]
@@ -313,13 +328,32 @@ def _inference(blk, x):
     return _layer_scale_residual(p, y, x2).view(B, H, W, C)
 
 
+_PACKED = ("wg1", "wg2", "wi", "wc", "w2a", "w2b")
+
+
+def _packed(blk, p):
+    """The plan's GEMM weights reordered once into oneDNN's blocked layout (what its GEMM kernels
+    read; a plain weight is reordered on every call), cached with the plan they came from."""
+    cache = _cache(blk, "packed")
+    dtype = p["wc"].dtype
+    hit = cache.get(dtype)
+    if hit is not None and hit[0] is p:
+        return hit[1]
+    packed = dict(p)
+    for name in _PACKED:
+        if p[name].numel():
+            packed[name] = torch.ops.mkldnn._reorder_linear_weight(p[name])
+    cache[dtype] = (p, packed)
+    return packed
+
+
 def _inference_onednn(blk, x):
     ops = torch.ops.mkldnn
     B, H, W, C = x.shape
     N = B * H * W
     hidden, ident, cc = blk.split_indices
     attr, algo = _onednn_act(blk.act)
-    p = _plan(blk, x.dtype)
+    p = _packed(blk, _plan(blk, x.dtype))
     x2 = x.reshape(N, C)
     xn = F.layer_norm(x2, (C,), None, None, blk.norm.eps)          # affine folded into fc1
     c = ops._linear_pointwise(xn, p["wc"], p["bc"], "none", [], "")
