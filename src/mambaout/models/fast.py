@@ -28,6 +28,7 @@ full-size gradients for every slice and split. Here instead:
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 
 import torch
@@ -82,7 +83,7 @@ def _use_onednn(blk, x) -> bool:
             and blk.conv.bias is not None)
 
 
-# Per block: {"plan": {dtype: (key, plan)}, "packed": {dtype: (plan, packed)}}. Kept outside the
+# Per block: {"plan": {dtype: (key, plan)}}. Kept outside the
 # modules so that copying, pickling or saving a model never carries (or trips over) them.
 _CACHES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
@@ -329,22 +330,21 @@ def _inference(blk, x):
 
 
 _PACKED = ("wg1", "wg2", "wi", "wc", "w2a", "w2b")
+_PACK_LOCK = threading.Lock()
 
 
-def _packed(blk, p):
-    """The plan's GEMM weights reordered once into oneDNN's blocked layout (what its GEMM kernels
-    read; a plain weight is reordered on every call), cached with the plan they came from."""
-    cache = _cache(blk, "packed")
-    dtype = p["wc"].dtype
-    hit = cache.get(dtype)
-    if hit is not None and hit[0] is p:
-        return hit[1]
-    packed = dict(p)
-    for name in _PACKED:
-        if p[name].numel():
-            packed[name] = torch.ops.mkldnn._reorder_linear_weight(p[name])
-    cache[dtype] = (p, packed)
-    return packed
+def _packed(p):
+    """The plan with its GEMM weights reordered, once, into oneDNN's blocked layout (what its GEMM
+    kernels read; a plain weight is reordered inside every call). In place: a block on one device
+    and dtype always takes the same path (_use_onednn), so the plain copies are not needed again."""
+    if not p.get("packed"):
+        with _PACK_LOCK:  # threads sharing a model pack each plan once
+            if not p.get("packed"):
+                for name in _PACKED:
+                    if p[name].numel():
+                        p[name] = torch.ops.mkldnn._reorder_linear_weight(p[name])
+                p["packed"] = True
+    return p
 
 
 def _inference_onednn(blk, x):
@@ -353,7 +353,7 @@ def _inference_onednn(blk, x):
     N = B * H * W
     hidden, ident, cc = blk.split_indices
     attr, algo = _onednn_act(blk.act)
-    p = _packed(blk, _plan(blk, x.dtype))
+    p = _packed(_plan(blk, x.dtype))
     x2 = x.reshape(N, C)
     xn = F.layer_norm(x2, (C,), None, None, blk.norm.eps)          # affine folded into fc1
     c = ops._linear_pointwise(xn, p["wc"], p["bc"], "none", [], "")
