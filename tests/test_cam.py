@@ -209,3 +209,23 @@ def test_cam_cli_needs_weights_and_output(tmp_path, capsys):
     assert "-o/--output" in capsys.readouterr().err
     assert main(["cam", "x.png", "--checkpoint", str(tmp_path / "missing.pth"), "-o", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_dense_prediction_models_are_refused_in_one_line(tmp_path, capsys):
+    """cam / predict / demo / export take classification models; a segmentation checkpoint or a
+    detection name gets one line naming the right command, not a traceback."""
+    from mambaout.cli import main
+    seg = tmp_path / "seg.pth"
+    torch.save({"format": "mambaout-train-v1", "task": "segmentation", "model_name": "upernet_mambaout_femto",
+                "num_classes": 150, "model": {}}, seg)
+    for args in (["cam", "x.png", "--checkpoint", str(seg), "-o", str(tmp_path)],
+                 ["predict", "x.png", "--checkpoint", str(seg)],
+                 ["demo", "--checkpoint", str(seg)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "segmentation checkpoint: use mambaout segment" in err, err
+    for args in (["export", "mask_rcnn_mambaout_femto", "--format", "onnx", "-o", str(tmp_path / "x.onnx")],
+                 ["cam", "x.png", "--model", "upernet_mambaout_femto", "--pretrained", "-o", str(tmp_path)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "not a row of the variant table" in err, err

@@ -78,9 +78,16 @@ def load_for_inference(checkpoint=None, model_name: Optional[str] = None, pretra
     or released weights. info holds model_name, num_classes, class_names, img_size, crop_pct."""
     from .models import create_model, get_variant
     from .models.weights import extract_state_dict, fit_state_dict, official_to_timm, read_checkpoint
+    if model_name:
+        get_variant(model_name)  # a classification model (one line for dense-prediction or unknown names)
     if checkpoint is not None:
         obj = read_checkpoint(checkpoint)
         if obj.get("format") == FORMAT:
+            task = obj.get("task", "classification")
+            if task != "classification":
+                command = {"segmentation": "mambaout segment", "detection": "mambaout detect"}.get(task, "its task's command")
+                raise CheckpointError(f"{checkpoint} is a {task} checkpoint: use {command} (this command takes "
+                                      "classification models)")
             name = obj["model_name"]
             if model_name and get_variant(model_name).name != get_variant(name).name:
                 raise MambaOutError(f"checkpoint {checkpoint} holds {name}, not {model_name}")

@@ -109,7 +109,8 @@ def export(model_name: str, fmt: str, output, checkpoint=None, pretrained: bool 
     """Export, check against PyTorch; with quantize="int8" (ONNX only) the checked fp32 export is
     quantized (quantize.quantize_int8) on calibration images and compared with it."""
     from .checkpoint import load_for_inference
-    from .models import create_model
+    from .models import create_model, get_variant
+    get_variant(model_name)  # classification models only: one line for dense-prediction or unknown names
     if fmt not in ("onnx", "torchscript"):
         raise MambaOutError(f"--format must be onnx or torchscript, got {fmt!r}")
     if quantize not in (None, "int8"):
