@@ -22,8 +22,13 @@ full-size gradients for every slice and split. Here instead:
   weights never change). On CPU every step then runs as one oneDNN primitive with its
   elementwise work fused in: gate GEMMs with GELU/SiLU, the identity GEMM with the
   gating product, the depthwise conv with the gating product, the first fc2 GEMM with
-  the residual add; the second fc2 GEMM accumulates in place. Elsewhere (CUDA, no
-  oneDNN) the same plan runs with in-place elementwise ops.
+  the residual add, the second fc2 GEMM adding the first's output; the GEMM weights are
+  packed once into oneDNN's blocked layout. Elsewhere (CUDA, no oneDNN) the same plan runs
+  with in-place elementwise ops.
+* Low precision (inference): with bf16 weights the plan is folded in fp32 and cast once; under
+  autocast (fp32 weights) the block casts its input to the autocast dtype and runs a plan
+  cast to it, so activations stay in that dtype between blocks. On a CPU with bf16
+  instructions both run the same fused oneDNN primitives as fp32.
 """
 from __future__ import annotations
 
