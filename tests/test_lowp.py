@@ -112,6 +112,22 @@ def test_missing_optional_dependency_is_one_line(monkeypatch, tmp_path, capsys, 
 def test_validate_onnx_rejects_torch_flags(tmp_path, capsys):
     assert main(["validate", "--onnx", str(tmp_path / "x.onnx"), "--model", "mambaout_femto"]) == 2
     assert "not both" in capsys.readouterr().err
+    assert main(["validate", "--onnx", str(tmp_path / "x.onnx"), "--bf16"]) == 2
+    assert "apply to PyTorch models" in capsys.readouterr().err
+
+
+def test_validate_bf16_weights_and_autocast(digits_ckpt, capsys):
+    common = ["validate", "--checkpoint", str(digits_ckpt), "-j", "0", "--device", "cpu"]
+    runs = {}
+    for name, extra in (("fp32", []), ("bf16", ["--bf16"]), ("autocast", ["--amp"])):
+        code, runs[name], err = run_json(capsys, common + extra)
+        assert code == 0, err
+    assert [runs[k]["precision"] for k in runs] == ["fp32", "bf16", "bf16-autocast"]
+    for k in ("bf16", "autocast"):
+        assert abs(runs[k]["top1"] - runs["fp32"]["top1"]) <= 1.0 and runs[k]["images"] == 355
+        assert runs[k]["loss"] == pytest.approx(runs["fp32"]["loss"], rel=0.05)
+    assert main(common + ["--bf16", "--amp"]) == 2
+    assert "pick one" in capsys.readouterr().err
 
 
 # ---- benchmark ---------------------------------------------------------------------------------------

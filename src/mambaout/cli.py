@@ -221,7 +221,7 @@ def cmd_validate(args) -> int:
     from .evaluate import validate
     amp = _amp(args)
     r = validate(args.checkpoint, args.model, args.pretrained, args.data, args.split, args.batch_size,
-                 args.workers, args.img_size, args.crop_pct, args.device, amp, args.channels_last, onnx=args.onnx)
+                 args.workers, args.img_size, args.crop_pct, args.device, amp, args.channels_last, onnx=args.onnx, bf16=args.bf16)
     if args.json:
         print(json.dumps(r))
     else:
@@ -709,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     _add_run_flags(s)
     s.add_argument("--onnx", help="evaluate this exported (fp32 or int8) ONNX file with ONNX Runtime")
+    s.add_argument("--bf16", action="store_true", help="bf16 weights and inputs (--amp: autocast instead)")
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("predict", help="top-k classes for image files")

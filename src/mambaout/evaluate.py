@@ -20,13 +20,15 @@ log = logging.getLogger("mambaout")
 def evaluate(model, loader, d: Dist, amp_dtype: Optional[torch.dtype] = None,
              channels_last: bool = False) -> dict:
     model.eval()
+    params = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    dtype = params.dtype if params is not None and params.dtype in (torch.bfloat16, torch.float16) else None
     sums = torch.zeros(5, dtype=torch.float64)  # loss, top1, top5, count, skipped
     with checked_batches(loader) as batches:
         for images, targets, skipped in batches:
             sums[4] += skipped
             if images is None:
                 continue
-            images, targets = images.to(d.device), targets.to(d.device)
+            images, targets = images.to(d.device, dtype=dtype), targets.to(d.device)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -56,7 +58,7 @@ def make_eval_loader(dataset, d: Dist, batch_size: int, workers: int):
 def validate(checkpoint=None, model_name: Optional[str] = None, pretrained: bool = False,
              data: Optional[str] = None, split: str = "val", batch_size: int = 128, workers: int = 2,
              img_size: Optional[int] = None, crop_pct: Optional[float] = None, device: str = "auto",
-             amp: Optional[str] = None, channels_last: bool = False, onnx=None) -> dict:
+             amp: Optional[str] = None, channels_last: bool = False, onnx=None, bf16: bool = False) -> dict:
     """Evaluate a training checkpoint, a released model (--pretrained), any weights file, or an
     exported (fp32 or int8) ONNX file run by ONNX Runtime on the CPU (its preprocessing and class
     names from the file's metadata)."""
@@ -65,8 +67,8 @@ def validate(checkpoint=None, model_name: Optional[str] = None, pretrained: bool
         from .predict import OnnxModel
         if checkpoint or model_name or pretrained:
             raise MambaOutError("give --onnx FILE or a model (--checkpoint / --model), not both")
-        if amp or channels_last:
-            raise MambaOutError("--amp and --channels-last apply to PyTorch models, not to --onnx")
+        if amp or channels_last or bf16:
+            raise MambaOutError("--amp, --bf16 and --channels-last apply to PyTorch models, not to --onnx")
         d = setup("cpu")
         model = OnnxModel(onnx)
         info = model.meta
@@ -92,7 +94,9 @@ def validate(checkpoint=None, model_name: Optional[str] = None, pretrained: bool
             if model.num_classes != 1000 or len(dataset.classes) > 1000:
                 raise MambaOutError(f"{root} has {len(dataset.classes)} classes, the model "
                                     f"predicts {model.num_classes}")
-    model.to(d.device)
+    if bf16 and amp:
+        raise MambaOutError("--bf16 (bf16 weights) and --amp (autocast) are two ways to run bf16: pick one")
+    model.to(d.device, dtype=torch.bfloat16 if bf16 else None)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     loader = make_eval_loader(dataset, d, batch_size, workers)
@@ -102,4 +106,5 @@ def validate(checkpoint=None, model_name: Optional[str] = None, pretrained: bool
                   img_size=size, data=data or "digits (embedded)")
     if onnx is not None:
         result.update(onnx=str(onnx), quantization=info.get("quantization"))
+    result["precision"] = "bf16" if bf16 else (f"{amp}-autocast" if amp else ("onnx" if onnx else "fp32"))
     return result
