@@ -113,6 +113,12 @@ def test_missing_gradio_names_the_extra(monkeypatch, digits, capsys):
     assert err == "mambaout: error: the demo needs the gradio package: pip install 'mambaout[demo]'"
 
 
+def test_repeated_class_names_stay_five_rows(clf, digits, monkeypatch):
+    monkeypatch.setattr(clf, "names", ["same"] * 10)
+    top, _ = make_predict(clf, max_mb=1)(str(digits[1][0][0]))
+    assert len(top) == 5 and list(top)[0] == "same" and all(k.startswith("same") for k in top)
+
+
 def test_demo_argument_errors(digits, capsys):
     assert main(["demo"]) == 2
     assert "--checkpoint" in capsys.readouterr().err
@@ -120,6 +126,8 @@ def test_demo_argument_errors(digits, capsys):
     assert "--max-mb must be positive" in capsys.readouterr().err
     assert main(["demo", "--model", "mambaout_nope"]) == 2
     assert "mambaout_nope" in capsys.readouterr().err
+    assert main(["demo", "--checkpoint", str(digits[0]), "--layer", "stages.9"]) == 2
+    assert "no layer 'stages.9'" in capsys.readouterr().err
 
 
 # ---- the server ----------------------------------------------------------------------------------------

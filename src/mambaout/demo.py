@@ -78,7 +78,10 @@ def make_predict(classifier, max_mb: float, method: str = "gradcam", layer: Opti
         batch = x.unsqueeze(0).to(classifier.device)
         probs = classifier.probs(batch)[0]
         p, idx = probs.topk(min(5, classifier.num_classes))
-        top = {classifier.names[i]: float(q) for q, i in zip(p.tolist(), idx.tolist())}
+        top = {}
+        for q, i in zip(p.tolist(), idx.tolist()):  # ImageNet repeats a few names ("crane", "maillot")
+            label = classifier.names[i]
+            top[label if label not in top else f"{label} (class {i})"] = float(q)
         k = int(idx[0])
         cam = grad_cam(classifier.model, batch, target=[k], layer=layer, method=method)[0]
         title = f"{classifier.names[k]}  {100 * float(p[0]):.1f}%  ({method})"
@@ -93,6 +96,8 @@ def build_demo(classifier, max_mb: float = 20.0, method: str = "gradcam", layer:
     gr = _gradio()
     from .cam import _package
     _package()  # a missing grad-cam package is one line now, not an error on the first upload
+    if layer is not None and layer not in dict(classifier.model.named_modules()):
+        raise MambaOutError(f"no layer '{layer}' in the model (see model.named_modules())")
     name = classifier.info.get("model_name") or "model"
     return gr.Interface(
         fn=make_predict(classifier, max_mb, method, layer),
