@@ -105,6 +105,18 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, title: str = "", min_side: int = 2
     return out
 
 
+def explain_one(classifier, x: torch.Tensor, target: Optional[int] = None, method: str = "gradcam",
+                layer: Optional[str] = None, title_suffix: str = ""):
+    """One normalised image (3, H, W) through a `predict.Classifier`: (class probabilities, the
+    explained class (target, or the top one), its map (H, W), the titled overlay picture)."""
+    batch = x.unsqueeze(0).to(classifier.device)
+    probs = classifier.probs(batch)[0]
+    k = int(probs.argmax()) if target is None else target
+    cam = grad_cam(classifier.model, batch, target=[k], layer=layer, method=method)[0]
+    title = f"{classifier.names[k]}  {100 * float(probs[k]):.1f}%{title_suffix}"
+    return probs, k, cam, overlay(classifier.view(x), cam, title)
+
+
 def _save_npy(path, array):
     with open(path, "wb") as f:  # a file object: np.save would add ".npy" to the temporary name
         np.save(f, array)
@@ -131,18 +143,13 @@ def explain_images(paths, classifier, out_dir, target=None, method: str = "gradc
         except MambaOutError as e:
             errors.append({"image": str(path), "error": str(e)})
             continue
-        batch = x.unsqueeze(0).to(classifier.device)
-        probs = classifier.probs(batch)[0]
-        k = int(probs.argmax()) if cls is None else cls
-        cam = grad_cam(classifier.model, batch, target=[k], layer=layer, method=method)[0]
+        probs, k, cam, picture = explain_one(classifier, x, cls, method, layer)
         stem, n = Path(path).stem, 1
         while stem in used:
             n += 1
             stem = f"{Path(path).stem}_{n}"
         used.add(stem)
-        title = f"{classifier.names[k]}  {100 * float(probs[k]):.1f}%"
         png = out / f"{stem}_cam.png"
-        picture = overlay(classifier.view(x), cam, title)
         atomic_write(png, lambda tmp: picture.save(tmp, format="PNG"))
         entry = {"image": str(path), "overlay": str(png), "class": k, "label": classifier.names[k],
                  "prob": round(float(probs[k]), 6), "method": method,

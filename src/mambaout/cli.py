@@ -221,7 +221,8 @@ def cmd_validate(args) -> int:
     from .evaluate import validate
     amp = _amp(args)
     r = validate(args.checkpoint, args.model, args.pretrained, args.data, args.split, args.batch_size,
-                 args.workers, args.img_size, args.crop_pct, args.device, amp, args.channels_last, onnx=args.onnx, bf16=args.bf16)
+                 args.workers, args.img_size, args.crop_pct, args.device, amp, args.channels_last,
+                 onnx=args.onnx, bf16=args.bf16)
     if args.json:
         print(json.dumps(r))
     else:

@@ -62,7 +62,7 @@ def make_predict(classifier, max_mb: float, method: str = "gradcam", layer: Opti
     """The page's function: file path -> ({class: probability} of the top 5, overlay PIL image).
     Every problem with the upload becomes a gr.Error, shown on the page."""
     gr = _gradio()
-    from .cam import grad_cam, overlay
+    from .cam import explain_one
 
     def predict(path):
         if not path:
@@ -75,17 +75,13 @@ def make_predict(classifier, max_mb: float, method: str = "gradcam", layer: Opti
             x = classifier.read(path, name=name)
         except MambaOutError as e:
             raise gr.Error(f"{str(e)[0].upper()}{str(e)[1:]}.") from None
-        batch = x.unsqueeze(0).to(classifier.device)
-        probs = classifier.probs(batch)[0]
+        probs, _, _, picture = explain_one(classifier, x, None, method, layer, title_suffix=f"  ({method})")
         p, idx = probs.topk(min(5, classifier.num_classes))
         top = {}
         for q, i in zip(p.tolist(), idx.tolist()):  # ImageNet repeats a few names ("crane", "maillot")
             label = classifier.names[i]
             top[label if label not in top else f"{label} (class {i})"] = float(q)
-        k = int(idx[0])
-        cam = grad_cam(classifier.model, batch, target=[k], layer=layer, method=method)[0]
-        title = f"{classifier.names[k]}  {100 * float(p[0]):.1f}%  ({method})"
-        return top, overlay(classifier.view(x), cam, title)
+        return top, picture
 
     return predict
 

@@ -11,6 +11,7 @@ import torch
 
 from .data import eval_transform, load_image
 from .errors import MambaOutError
+from .utils import resolve_device
 
 log = logging.getLogger("mambaout")
 
@@ -49,34 +50,19 @@ class OnnxModel:
         return self
 
 
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise MambaOutError(f"unknown device '{device}' (cpu, cuda, cuda:N or auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MambaOutError(f"device {device} asked for, but no CUDA GPU is available")
-    return dev
-
-
 class Classifier:
     """A classifier ready for images: the model (eval mode, on its device), the evaluation
     transform of its checkpoint or pretrained config, and its class names."""
 
     def __init__(self, model, info: dict, img_size: Optional[int] = None, device: str = "cpu"):
-        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-        cfg = getattr(model, "pretrained_cfg", None) or {
-            "input_size": (3, 224, 224), "crop_pct": 1.0, "interpolation": "bicubic",
-            "mean": info.get("mean", IMAGENET_DEFAULT_MEAN), "std": info.get("std", IMAGENET_DEFAULT_STD)}
+        cfg = model.pretrained_cfg  # MambaOut models and OnnxModel (from its metadata) both have one
         self.info = info
         self.size = int(img_size or info.get("img_size") or cfg["input_size"][-1])
         self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
         self.transform = eval_transform(self.size, info.get("crop_pct", cfg["crop_pct"]),
                                         info.get("interpolation", cfg["interpolation"]), self.mean, self.std)
         self.names = class_names_for(model.num_classes, info.get("class_names"))
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device)
 
     @classmethod

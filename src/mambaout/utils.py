@@ -6,6 +6,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+import torch
+
+from .errors import MambaOutError
+
 
 def atomic_write(path, write: Callable[[str], None]) -> Path:
     """Write a file via `write(tmp_path)` into a temp file beside `path`, then rename it into
@@ -26,3 +30,17 @@ def atomic_write(path, write: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' (CUDA when there is one, else the CPU), 'cpu', 'cuda' or 'cuda:N'; a name PyTorch
+    does not know or a GPU that is not there is one MambaOutError line."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise MambaOutError(f"unknown device '{device}' (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MambaOutError(f"device {device} asked for, but no CUDA GPU is available")
+    return dev

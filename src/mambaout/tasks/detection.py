@@ -20,6 +20,7 @@ from ..data.coco import (CocoDetection, DigitsDetection, coco_layout, collate_de
 from ..data.loader import checked_batches, worker_ignore_signals
 from ..distributed import Dist, all_reduce_sum, cleanup, setup
 from ..engine import RunOptions, TrainResult, fit
+from ..utils import resolve_device
 from ..errors import CheckpointError, MambaOutError
 from ..models import SEGMENTATION_VARIANTS, create_model, get_variant
 from ..models.detection_variants import DETECTION_VARIANTS
@@ -235,8 +236,7 @@ def predict_images(image_paths: Sequence[str], checkpoint, output, score_thr: fl
     from torchvision.transforms.v2 import functional as F
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
     model, recipe, obj = load_detection_checkpoint(checkpoint)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    dev = resolve_device(device)
     model.to(dev)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

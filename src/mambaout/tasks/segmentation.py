@@ -20,6 +20,7 @@ from ..data.segmentation import (IGNORE_INDEX, DigitsSegmentation, SegFolder, Sk
                                  collate_seg_train, seg_eval_transform, seg_train_transform)
 from ..distributed import Dist, all_reduce_sum, cleanup, setup
 from ..engine import RunOptions, TrainResult, fit
+from ..utils import resolve_device
 from ..errors import CheckpointError, MambaOutError
 from ..models import create_model, get_variant
 from ..models.segmentation_variants import SEGMENTATION_VARIANTS
@@ -253,8 +254,7 @@ def predict_images(images: Sequence[str], checkpoint, output, mode: Optional[str
     the image). Unreadable images are listed in "errors"; the others are still written."""
     from PIL import Image
     model, recipe, obj = load_segmentation_checkpoint(checkpoint)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    dev = resolve_device(device)
     model.to(dev)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
