@@ -165,3 +165,38 @@ def test_isa_report():
     no_bf16 = dict(isa, AVX512_BF16=False, AMX=False)
     assert "no native bf16 here" in bench.isa_line(no_bf16)
     assert "no native bf16" not in bench.isa_line(dict(isa, AVX512_BF16=True))
+
+
+def test_int8_bias_handling_is_exact(tmp_path):
+    """Shared zero biases (a fresh model) get their own copies before quantization, so no int32
+    bias is dequantized at run time; at load the int8 GEMMs take their bias adds into their
+    epilogue, with outputs equal bit for bit to ONNX Runtime's own graph of the same file."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from mambaout.export import export_onnx, onnx_session
+    from mambaout.models import create_model
+    from mambaout.quantize import fold_gemm_biases, ort_int8_model, quantize_int8
+    torch.manual_seed(0)
+    model = create_model("mambaout_femto", num_classes=10).eval()
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    export_onnx(model, fp32, 64)
+    rng = np.random.default_rng(0)
+    quantize_int8(fp32, int8, [rng.standard_normal((4, 3, 64, 64)).astype(np.float32) for _ in range(2)])
+    proto = onnx.load(str(int8))
+    int32 = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT32}
+    dq_of_bias = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int32}
+    readers = [n.op_type for n in proto.graph.node if set(n.input) & dq_of_bias]
+    assert readers and set(readers) <= {"Conv", "Gemm"}, readers   # only the conv/Gemm own their int32 bias
+    fused = onnx.load_from_string(ort_int8_model(int8, ort))
+    counts = {op: sum(n.op_type == op for n in fused.graph.node) for op in ("MatMulIntegerToFloat", "Add")}
+    with_bias = sum(len(n.input) == 7 for n in fused.graph.node if n.op_type == "MatMulIntegerToFloat")
+    assert with_bias >= counts["MatMulIntegerToFloat"] // 2 and fold_gemm_biases(fused) == 0  # nothing left to fold
+    x = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
+    plain = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    ours = onnx_session(int8).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(ours, plain)
+    # an fp32 file is loaded as it is
+    assert ort_int8_model(fp32, ort) is None
+    np.testing.assert_allclose(onnx_session(fp32).run(None, {"input": x})[0], model(torch.from_numpy(x)).detach().numpy(),
+                               atol=1e-4)

@@ -78,7 +78,13 @@ def onnx_session(path, threads: Optional[int] = None):
     if threads:
         opts.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        source = str(path)
+        try:
+            from .quantize import ort_int8_model
+            source = ort_int8_model(path, ort) or source
+        except Exception as e:  # noqa: BLE001 - the rewrite is a speed-up only: never fail a load for it
+            log.debug("int8 bias folding skipped for %s: %s", path, e)
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - corrupt or foreign files
         raise MambaOutError(f"cannot load ONNX model {path}: {str(e).splitlines()[0][:200]}") from None
 
