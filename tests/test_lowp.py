@@ -138,6 +138,7 @@ def test_benchmark_bf16_rows(capsys):
     out = capsys.readouterr().out
     assert code == 0 and out.splitlines()[1].startswith("CPU ISA: AVX2 ")
     assert "ours at bf16:" in out and "x ours in fp32" in out
+    assert "GEMM peak measured here: bf16 " in out and "fp32 " in out and "bf16 / fp32 = " in out
     code, records, _ = run_json(capsys, ["benchmark", "--model", "mambaout_femto", "--compare", "timm", "--precision",
                                          "bf16", "-b", "2", "--img-size", "64", "--repeats", "1", "--warmup", "1"])
     rows = {r["impl"]: r["row_precision"] for r in records}
@@ -157,6 +158,12 @@ def test_benchmark_int8_rows(capsys):
         "mambaout": "int8", "mambaout:fp32": "fp32", "timm": "fp32", "timm:convnext_tiny": "fp32"}
     assert main(["benchmark", "--model", "mambaout_femto", "--precision", "int8"]) == 2
     assert "add --backend onnxruntime" in capsys.readouterr().err
+
+
+def test_gemm_peak_takes_the_best_shape():
+    small = bench.gemm_peak_gflops("fp32", repeats=1, shapes=((64, 32, 32),))
+    both = bench.gemm_peak_gflops("fp32", repeats=1, shapes=((64, 32, 32), (512, 256, 256)))
+    assert 0 < small < both    # a tiny GEMM is far below the machine's peak; the best shape counts
 
 
 def test_isa_report():

@@ -289,24 +289,33 @@ def isa_line(isa: Dict[str, bool]) -> str:
     return line
 
 
-def gemm_peak_gflops(dtype: str = "fp32", n: int = 2048, repeats: int = 5) -> float:
-    """The CPU's practical GEMM peak here: the best GFLOP/s of a (2n x n) @ (n x n) product, through
-    torch.matmul and through oneDNN's linear (on AMD CPUs MKL's fp32 GEMM reaches about half of
-    oneDNN's), whichever is faster."""
+# (M, K, N) products for the CPU GEMM peak: a large square-ish one, and the shapes of
+# mambaout_tiny's stage-2/3 GEMMs at batch 16 (small K; oneDNN runs these fastest here).
+PEAK_SHAPES = ((4096, 2048, 2048), (3136, 384, 640), (3136, 640, 384), (12544, 192, 320))
+
+
+def gemm_peak_gflops(dtype: str = "fp32", repeats: int = 5, shapes=PEAK_SHAPES) -> float:
+    """The CPU's practical GEMM peak here: the best GFLOP/s over `shapes`, each through
+    torch.matmul and through oneDNN's linear with its weight prepacked (as our inference plan
+    runs it; on AMD CPUs MKL's fp32 GEMM reaches about half of oneDNN's), whichever is faster."""
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    a, w = torch.randn(2 * n, n, dtype=dt), torch.randn(n, n, dtype=dt)
-    candidates = [lambda: a @ w.t()]
-    if torch.backends.mkldnn.is_available() and (dt == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-        candidates.append(lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], ""))
-    best = float("inf")
+    onednn = torch.backends.mkldnn.is_available() and (
+        dt == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    best = 0.0
     with torch.inference_mode():
-        for product in candidates:
-            product()
-            for _ in range(repeats):
-                t0 = time.perf_counter()
+        for m, k, n in shapes:
+            a, w = torch.randn(m, k, dtype=dt), torch.randn(n, k, dtype=dt)
+            candidates = [lambda: a @ w.t()]
+            if onednn:
+                packed = torch.ops.mkldnn._reorder_linear_weight(w)
+                candidates.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
+            for product in candidates:
                 product()
-                best = min(best, time.perf_counter() - t0)
-    return 2 * 2 * n ** 3 / best / 1e9
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    product()
+                    best = max(best, 2 * m * k * n / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
 def _device_name(device):

@@ -310,6 +310,14 @@ def cmd_benchmark(args) -> int:
                     (r["row_precision"] for r in records if r["impl"] == "timm"), "")))
                 if ours.get(k))
             print(f"ours at {ours['row_precision']}: {ours['ratio_vs_fp32']:.2f}x ours in fp32{extra}")
+        peaks = {("bf16" if r["row_precision"].startswith("bf16") else r["row_precision"]): r["peak_gflops"]
+                 for r in records if r.get("peak_source") == "measured GEMM"}
+        if peaks:
+            line = "GEMM peak measured here: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in sorted(peaks.items()))
+            if {"fp32", "bf16"} <= peaks.keys():
+                line += (f" (bf16 / fp32 = {peaks['bf16'] / peaks['fp32']:.2f}x: the most a GEMM-bound "
+                         "forward gains from bf16 on this CPU)")
+            print(line)
     return 0
 
 
