@@ -136,7 +136,7 @@ def test_benchmark_bf16_rows(capsys):
     code = main(["benchmark", "--model", "mambaout_femto", "--compare", "timm", "--precision", "bf16",
                  "-b", "2", "--img-size", "64", "--repeats", "1", "--warmup", "1"])
     out = capsys.readouterr().out
-    assert code == 0 and out.splitlines()[1].startswith("CPU ISA: AVX2 ")
+    assert code == 0 and out.splitlines()[1].startswith("CPU ISA: AVX2 ") and out.splitlines()[2].startswith("Allocator: ")
     assert "ours at bf16:" in out and "x ours in fp32" in out
     assert "GEMM peak measured here: bf16 " in out and "fp32 " in out and "bf16 / fp32 = " in out
     code, records, _ = run_json(capsys, ["benchmark", "--model", "mambaout_femto", "--compare", "timm", "--precision",
@@ -164,6 +164,19 @@ def test_gemm_peak_takes_the_best_shape():
     small = bench.gemm_peak_gflops("fp32", repeats=1, shapes=((64, 32, 32),))
     both = bench.gemm_peak_gflops("fp32", repeats=1, shapes=((64, 32, 32), (512, 256, 256)))
     assert 0 < small < both    # a tiny GEMM is far below the machine's peak; the best shape counts
+
+
+def test_allocator_report(monkeypatch):
+    for k in ("LD_PRELOAD", "GLIBC_TUNABLES", *bench.MALLOC_ENV):
+        monkeypatch.delenv(k, raising=False)
+    assert bench.allocator() == "glibc malloc, default thresholds" and "docs/performance.md" in bench.allocator_line()
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "33554432")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1073741824:glibc.rtld.nns=2")
+    assert bench.allocator() == ("glibc malloc, MALLOC_MMAP_THRESHOLD_=33554432 "
+                                 "glibc.malloc.trim_threshold=1073741824")
+    assert "page faults" not in bench.allocator_line()
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    assert bench.allocator() == "jemalloc (LD_PRELOAD)"
 
 
 def test_isa_report():

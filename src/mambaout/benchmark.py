@@ -11,6 +11,7 @@ the same interleaved loop, for the speed-up over fp32.
 """
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import tempfile
@@ -231,6 +232,7 @@ def run(models: List[str], compare: List[str], s: Settings) -> List[Dict]:
                                     else "measured GEMM") if peak_tflops else None,
                        peak_mem_mb=round(peak_mem[id(im)] / 2**20, 1) if id(im) in peak_mem else None,
                        device_name=_device_name(device), torch=torch.__version__,
+                       allocator=allocator() if device.type == "cpu" else None,
                        threads=torch.get_num_threads() if device.type == "cpu" else None)
             records.append(rec)
     _add_ratios(records)
@@ -278,6 +280,32 @@ def cpu_isa() -> Dict[str, bool]:
             "AVX512_VNNI": "avx512_vnni" in flags or "avx_vnni" in flags,
             "AMX": bool({"amx_bf16", "amx_int8", "amx_tile"} & flags),
             "torch_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+# glibc malloc settings that keep freed activation buffers mapped (what jemalloc and tcmalloc do
+# by default). Eager CPU forwards allocate large fresh buffers every call and pay page faults on
+# them; timm's forward pays more than ours (docs/performance.md, "The allocator").
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def allocator() -> str:
+    """Which memory allocator this process runs with, as far as the environment tells."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    for name in ("jemalloc", "tcmalloc", "mimalloc"):
+        if name in preload:
+            return f"{name} (LD_PRELOAD)"
+    settings = [f"{k}={os.environ[k]}" for k in MALLOC_ENV if k in os.environ]
+    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t.startswith("glibc.malloc.")]
+    if settings or tunables:
+        return "glibc malloc, " + " ".join(settings + tunables)
+    return "glibc malloc, default thresholds"
+
+
+def allocator_line() -> str:
+    line = f"Allocator: {allocator()}"
+    if line.endswith("default thresholds"):
+        line += " (fresh large buffers cost page faults; see docs/performance.md, 'The allocator')"
+    return line
 
 
 def isa_line(isa: Dict[str, bool]) -> str:

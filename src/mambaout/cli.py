@@ -302,6 +302,7 @@ def cmd_benchmark(args) -> int:
               + f"; median of {args.repeats} interleaved repeats of {args.iters} step(s)")
         if r0["device"] == "cpu":
             print(bench.isa_line(bench.cpu_isa()))
+            print(bench.allocator_line())
         print(bench.format_table(records))
         ours = next((r for r in records if r["impl"] == "mambaout"), None)
         if ours and ours.get("ratio_vs_fp32"):
