@@ -144,7 +144,7 @@ def fold_gemm_biases(model) -> int:
     Runtime makes of a QDQ MatMul with a float output) into the GEMM's own bias input, where it is
     added in the GEMM's epilogue instead of in a separate pass over the output. Returns how many
     were folded. The result equals the unfolded graph's bit for bit (the same fp32 addition)."""
-    inits = {t.name for t in model.graph.initializer}
+    inits = {t.name: t for t in model.graph.initializer}
     producer = {out: node for node in model.graph.node for out in node.output}
     readers = {}
     for node in model.graph.node:
@@ -159,7 +159,7 @@ def fold_gemm_biases(model) -> int:
             gemm = producer.get(value)
             if (gemm is not None and gemm.op_type == "MatMulIntegerToFloat" and gemm.domain == "com.microsoft"
                     and len(gemm.input) <= 6 and bias in inits and readers.get(value) == 1
-                    and value not in graph_outputs and _is_row_vector(model, bias, gemm)):
+                    and value not in graph_outputs and _is_row_vector(inits[bias], inits.get(gemm.input[1]))):
                 gemm.input.extend([""] * (6 - len(gemm.input)) + [bias])
                 gemm.output[0] = node.output[0]
                 folded.append(node)
@@ -169,11 +169,9 @@ def fold_gemm_biases(model) -> int:
     return len(folded)
 
 
-def _is_row_vector(model, name: str, gemm) -> bool:
+def _is_row_vector(bias, weight) -> bool:
     """A 1-D bias as long as the GEMM's output columns (the only form the fused bias takes)."""
-    tensor = next(t for t in model.graph.initializer if t.name == name)
-    weight = next((t for t in model.graph.initializer if t.name == gemm.input[1]), None)
-    return len(tensor.dims) == 1 and weight is not None and len(weight.dims) == 2 and tensor.dims[0] == weight.dims[1]
+    return len(bias.dims) == 1 and weight is not None and len(weight.dims) == 2 and bias.dims[0] == weight.dims[1]
 
 
 def ort_int8_model(path, ort) -> Optional[bytes]:
