@@ -189,3 +189,10 @@ def test_predict_reports_unreadable_images(trained, tmp_path, capsys):
                  "-o", str(tmp_path / "p"), "--device", "cpu"])
     assert code == 1 and "cannot read" in capsys.readouterr().err
     assert Image.open(tmp_path / "p" / "a.png").size == (50, 30)
+    # an image of the same name from another folder gets its own files, not the first one's
+    (tmp_path / "other").mkdir()
+    twin = tmp_path / "other" / "a.png"
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(twin)
+    assert main(["segment", "predict", str(good), str(twin), "--checkpoint", str(out / "last.pth"),
+                 "-o", str(tmp_path / "q"), "--device", "cpu"]) == 0
+    assert Image.open(tmp_path / "q" / "a.png").size == (50, 30) and Image.open(tmp_path / "q" / "a_2.png").size == (40, 20)

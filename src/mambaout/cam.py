@@ -129,7 +129,7 @@ def explain_images(paths, classifier, out_dir, target=None, method: str = "gradc
     float32 map at the model's input size) with save_npy. target: None (each image's top class),
     a class index or a class name. Unreadable images are reported in "errors", the others go on."""
     from pathlib import Path
-    from .utils import atomic_write
+    from .utils import atomic_write, unique_stem
     _package()
     if not hasattr(classifier.model, "parameters"):
         raise MambaOutError("Grad-CAM needs a PyTorch model (a checkpoint or --model), not an ONNX file")
@@ -144,11 +144,7 @@ def explain_images(paths, classifier, out_dir, target=None, method: str = "gradc
             errors.append({"image": str(path), "error": str(e)})
             continue
         probs, k, cam, picture = explain_one(classifier, x, cls, method, layer)
-        stem, n = Path(path).stem, 1
-        while stem in used:
-            n += 1
-            stem = f"{Path(path).stem}_{n}"
-        used.add(stem)
+        stem = unique_stem(path, used)
         png = out / f"{stem}_cam.png"
         atomic_write(png, lambda tmp: picture.save(tmp, format="PNG"))
         entry = {"image": str(path), "overlay": str(png), "class": k, "label": classifier.names[k],

@@ -44,3 +44,16 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MambaOutError(f"device {device} asked for, but no CUDA GPU is available")
     return dev
+
+
+def unique_stem(path, used: set) -> str:
+    """The file stem of `path`, made unique among `used` (and added to it): "cat", then "cat_2",
+    "cat_3", ... for images of the same name from different folders, so no output overwrites
+    another."""
+    base = Path(path).stem
+    stem, n = base, 1
+    while stem in used:
+        n += 1
+        stem = f"{base}_{n}"
+    used.add(stem)
+    return stem

@@ -20,7 +20,7 @@ from ..data.coco import (CocoDetection, DigitsDetection, coco_layout, collate_de
 from ..data.loader import checked_batches, worker_ignore_signals
 from ..distributed import Dist, all_reduce_sum, cleanup, setup
 from ..engine import RunOptions, TrainResult, fit
-from ..utils import resolve_device
+from ..utils import resolve_device, unique_stem
 from ..errors import CheckpointError, MambaOutError
 from ..models import SEGMENTATION_VARIANTS, create_model, get_variant
 from ..models.detection_variants import DETECTION_VARIANTS
@@ -261,10 +261,7 @@ def predict_images(image_paths: Sequence[str], checkpoint, output, score_thr: fl
             canvas = draw_segmentation_masks(canvas, masks, alpha=0.4)
             canvas = draw_bounding_boxes(canvas, boxes, [f"{names[int(l) - 1]} {s:.2f}" for l, s in zip(labels, scores)],
                                          width=2)
-        stem = Path(path).stem
-        while stem in used:
-            stem += "_"
-        used.add(stem)
+        stem = unique_stem(path, used)
         F.to_pil_image(canvas).save(out / f"{stem}.png")
         written.append({"image": str(path), "drawn": str(out / f"{stem}.png"), "detections": [
             {"box": [round(float(v), 2) for v in b], "label": names[int(l) - 1],

@@ -20,7 +20,7 @@ from ..data.segmentation import (IGNORE_INDEX, DigitsSegmentation, SegFolder, Sk
                                  collate_seg_train, seg_eval_transform, seg_train_transform)
 from ..distributed import Dist, all_reduce_sum, cleanup, setup
 from ..engine import RunOptions, TrainResult, fit
-from ..utils import resolve_device
+from ..utils import resolve_device, unique_stem
 from ..errors import CheckpointError, MambaOutError
 from ..models import create_model, get_variant
 from ..models.segmentation_variants import SEGMENTATION_VARIANTS
@@ -272,10 +272,7 @@ def predict_images(images: Sequence[str], checkpoint, output, mode: Optional[str
             continue
         x, _ = tf(img)
         labels = predict(x[None].to(dev), (img.height, img.width)).argmax(1)[0].cpu()
-        stem = Path(path).stem
-        while stem in used:
-            stem += "_"
-        used.add(stem)
+        stem = unique_stem(path, used)
         encoded = labels + 1 if recipe.reduce_zero_label else labels
         Image.fromarray(encoded.to(torch.uint8).numpy(), mode="L").save(out / f"{stem}.png")
         overlay(img, labels, palette).save(out / f"{stem}_overlay.png")
