@@ -66,7 +66,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
@@ -76,7 +76,7 @@ from torchvision.transforms.v2 import functional as F
 
 from ..errors import MambaOutError
 from .canvas import paste_digits
-from .datasets import DigitsDataset, SampleFailure, load_image
+from .datasets import READ_ERRORS, DigitsDataset, SampleFailure, load_image
 from .segmentation import SkipCounts, SkippedSample, rescale_size
 
 log = logging.getLogger("mambaout")
@@ -85,7 +85,6 @@ IMAGE_REASONS = ("missing image", "unreadable image", "size mismatch", "unreadab
 ANNOTATION_REASONS = ("unknown image id", "unknown category", "malformed annotation", "degenerate box",
                       "box degenerate after resize")
 DET_SKIP_REASONS = IMAGE_REASONS + ANNOTATION_REASONS
-_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 # ----------------------------------------------------------------------------- skip counts
@@ -415,7 +414,7 @@ class CocoDetection(_Categories, Dataset):
             img = load_image(path)
         except FileNotFoundError:
             return self._skip(index, path, "missing image", "no such file")
-        except _READ_ERRORS as e:
+        except READ_ERRORS as e:
             return self._skip(index, path, "unreadable image", _first_line(e))
         if (img.height, img.width) != (h, w):
             return self._skip(index, path, "size mismatch", f"image {img.width}x{img.height}, "

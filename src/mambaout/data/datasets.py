@@ -28,6 +28,27 @@ log = logging.getLogger("mambaout")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
+# What opening a damaged or non-image file raises (PIL uses all of these).
+READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def read_error(e: Exception) -> str:
+    """One line for a failed image read: the error's first line, or its type when it has none."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def readable_images(paths, errors: list):
+    """(path, RGB image) for each of `paths` that opens; the others are appended to `errors` as
+    {"image": path, "error": one line} (what the predict commands report and exit 1 on)."""
+    for path in paths:
+        try:
+            img = load_image(path)
+        except READ_ERRORS as e:
+            errors.append({"image": str(path), "error": read_error(e)})
+            continue
+        yield path, img
+
+
 def load_image(path) -> Image.Image:
     """Open an image fully (truncated files fail here, not later) as RGB.
     Grayscale, palette, CMYK and RGBA images are converted; alpha is composited on white."""
@@ -72,8 +93,8 @@ class ImageFolder(Dataset):
         path, target = self.samples[i]
         try:
             img = load_image(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            log.warning("skipping unreadable image %s (%s)", path, str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
+        except READ_ERRORS as e:
+            log.warning("skipping unreadable image %s (%s)", path, read_error(e)[:120])
             return None
         return (self.transform(img) if self.transform else img), target
 

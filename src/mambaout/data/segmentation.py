@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -35,7 +35,7 @@ from torchvision.transforms.v2 import functional as F
 from ..errors import MambaOutError
 from .ade20k import ADE20K_CLASSES, ADE20K_PALETTE
 from .canvas import paste_digits
-from .datasets import IMG_EXTENSIONS, DigitsDataset, SampleFailure, load_image
+from .datasets import IMG_EXTENSIONS, READ_ERRORS, DigitsDataset, SampleFailure, load_image
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger("mambaout")
@@ -44,7 +44,6 @@ IGNORE_INDEX = 255
 SPLIT_ALIASES = {"train": "training", "val": "validation"}
 SKIP_REASONS = ("no annotation", "unreadable image", "unreadable annotation", "size mismatch",
                 "label out of range")
-_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 # ----------------------------------------------------------------------------- skipped samples
@@ -241,11 +240,11 @@ class SegFolder(Dataset):
         img_path, ann_path = self.samples[i]
         try:
             img = load_image(img_path)
-        except _READ_ERRORS as e:
+        except READ_ERRORS as e:
             return self._skip(i, img_path, "unreadable image", _first_line(e))
         try:
             label = load_label_map(ann_path)
-        except _READ_ERRORS as e:
+        except READ_ERRORS as e:
             return self._skip(i, ann_path, "unreadable annotation", _first_line(e))
         if label.shape != (img.height, img.width):
             return self._skip(i, ann_path, "size mismatch", f"annotation {label.shape[1]}x{label.shape[0]}, "

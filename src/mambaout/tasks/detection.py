@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from .. import checkpoint as ckpt
-from ..data import EvalShardSampler, GuardedSamples, load_image
+from ..data import EvalShardSampler, GuardedSamples, readable_images
 from ..data.coco import (CocoDetection, DigitsDetection, coco_layout, collate_det, det_eval_transform,
                          det_train_transform, detector_resize_kwargs)
 from ..data.loader import checked_batches, worker_ignore_signals
@@ -232,7 +232,6 @@ def predict_images(image_paths: Sequence[str], checkpoint, output, score_thr: fl
     """`mambaout detect predict`: for each image, `<stem>.png` with boxes, class names, scores and
     masks drawn (torchvision.utils) and `detections.json` with every detection above score_thr
     (box xyxy in pixels, category name and id, score). Unreadable images are listed in "errors"."""
-    from PIL import Image
     from torchvision.transforms.v2 import functional as F
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
     model, recipe, obj = load_detection_checkpoint(checkpoint)
@@ -244,12 +243,7 @@ def predict_images(image_paths: Sequence[str], checkpoint, output, score_thr: fl
     written: List[dict] = []
     errors: List[dict] = []
     used = set()
-    for path in image_paths:
-        try:
-            img = load_image(path)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            errors.append({"image": str(path), "error": str(e).splitlines()[0] if str(e) else type(e).__name__})
-            continue
+    for path, img in readable_images(image_paths, errors):
         x = F.to_dtype(F.pil_to_tensor(img), torch.float32, scale=True)
         with torch.no_grad():
             o = model([x.to(dev)])[0]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .. import checkpoint as ckpt
-from ..data import EvalShardSampler, GuardedSamples, load_image
+from ..data import EvalShardSampler, GuardedSamples, readable_images
 from ..data.loader import checked_batches, worker_ignore_signals
 from ..data.segmentation import (IGNORE_INDEX, DigitsSegmentation, SegFolder, SkipCounts, collate_seg_eval,
                                  collate_seg_train, seg_eval_transform, seg_train_transform)
@@ -264,12 +264,7 @@ def predict_images(images: Sequence[str], checkpoint, output, mode: Optional[str
     written: List[dict] = []
     errors: List[dict] = []
     used = set()
-    for path in images:
-        try:
-            img = load_image(path)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            errors.append({"image": str(path), "error": str(e).splitlines()[0] if str(e) else type(e).__name__})
-            continue
+    for path, img in readable_images(images, errors):
         x, _ = tf(img)
         labels = predict(x[None].to(dev), (img.height, img.width)).argmax(1)[0].cpu()
         stem = unique_stem(path, used)
