@@ -63,6 +63,15 @@ def calibration_batches(transform, folder=None, num_images: int = 64, batch_size
     return [torch.stack(tensors[i:i + batch_size]).numpy() for i in range(0, len(tensors), batch_size)]
 
 
+def _reader_counts(model) -> dict:
+    """How many node inputs read each value (initializer or node output) of the graph."""
+    readers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    return readers
+
+
 def unshare_biases(model) -> int:
     """Give every Conv/Gemm bias initializer that other nodes also read its own copy; returns how
     many copies were made. The exporter merges equal constants (all-zero biases and LayerNorm
@@ -71,11 +80,7 @@ def unshare_biases(model) -> int:
     freshly initialised mambaout_tiny: 79 of them, 6 % of the int8 forward)."""
     from onnx import numpy_helper
     inits = {t.name: t for t in model.graph.initializer}
-    readers = {}
-    for node in model.graph.node:
-        for name in node.input:
-            if name in inits:
-                readers[name] = readers.get(name, 0) + 1
+    readers = _reader_counts(model)
     copies = 0
     for node in model.graph.node:
         if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and readers.get(node.input[2], 0) > 1:
@@ -146,10 +151,7 @@ def fold_gemm_biases(model) -> int:
     were folded. The result equals the unfolded graph's bit for bit (the same fp32 addition)."""
     inits = {t.name: t for t in model.graph.initializer}
     producer = {out: node for node in model.graph.node for out in node.output}
-    readers = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    readers = _reader_counts(model)
     graph_outputs = {o.name for o in model.graph.output}
     folded = []
     for node in model.graph.node:
