@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -851,6 +853,17 @@ def _version() -> str:
     return __version__
 
 
+@contextlib.contextmanager
+def _report_on_rank0():
+    """Under torchrun every process runs the command: only rank 0 prints its report (stdout), so
+    that `--json` output stays one document; errors still reach stderr from every process."""
+    if os.environ.get("RANK", "0") in ("", "0"):
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     parser = build_parser()
@@ -862,7 +875,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        with _report_on_rank0():
+            return args.func(args)
     except MambaOutError as e:
         print(f"mambaout: error: {e}", file=sys.stderr)
         return 3 if type(e).__name__ == "TrainingDiverged" else 2
