@@ -90,10 +90,17 @@ def test_export_cli_and_predict_with_onnx(tmp_path, capsys):
     assert main(["predict", *imgs, "--checkpoint", str(ck), "--json", "--top-k", "3"]) == 0
     via_torch = json.loads(capsys.readouterr().out)
     for a, b in zip(via_onnx["predictions"], via_torch["predictions"]):
-        assert [t["label"] for t in a["topk"]] == [t["label"] for t in b["topk"]]
-        assert {t["label"] for t in a["topk"]} == {"cat", "dog", "eel"}
-        for ta, tb in zip(a["topk"], b["topk"]):
-            assert ta["prob"] == pytest.approx(tb["prob"], abs=1e-4)
+        # ONNX Runtime and PyTorch round in another order: each class's probability agrees within
+        # the export's parity bound, and the order of classes whose probabilities are closer than
+        # that (the random model's near-ties) is not compared
+        pa, pb = ({t["label"]: t["prob"] for t in p["topk"]} for p in (a, b))
+        assert set(pa) == set(pb) == {"cat", "dog", "eel"}
+        assert all(pa[k] == pytest.approx(pb[k], abs=1e-4) for k in pb)
+        for topk in (a["topk"], b["topk"]):
+            assert [t["prob"] for t in topk] == sorted((t["prob"] for t in topk), reverse=True)
+        first, second = b["topk"][0]["prob"], b["topk"][1]["prob"]
+        if first - second > 2e-4:
+            assert a["topk"][0]["label"] == b["topk"][0]["label"]
     assert main(["predict", imgs[0], "--onnx", str(tmp_path / "none.onnx")]) == 2
     assert "ONNX file not found" in capsys.readouterr().err
     bad = tmp_path / "bad.onnx"

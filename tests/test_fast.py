@@ -7,6 +7,7 @@ import torch
 import mambaout
 from mambaout.models.blocks import GatedCNNBlock
 from mambaout.models.fast import gated_cnn_fast
+from helpers import assert_fp32_close
 
 
 def randomize(module, seed=0):
@@ -139,8 +140,10 @@ def test_threads_do_not_share_buffers():
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     [t.start() for t in threads]
     [t.join() for t in threads]
+    # a shared buffer would hand one thread another's activations (differences of order 1); the
+    # threads' own thread pools may split the GEMMs otherwise, which moves only the rounding
     for i in range(4):
-        assert torch.equal(results[i], expected[i])
+        assert_fp32_close(results[i], expected[i])
 
 
 @pytest.mark.parametrize("onednn", [True, False])
@@ -169,7 +172,8 @@ def test_cpu_batch_slicing_is_exact():
         sliced = model(x)
         model.cpu_slice_bytes = None
         whole = model(x)
-    assert (sliced - whole).abs().max() <= 1e-5
+    # one sample per GEMM instead of five: the library may pick another kernel (float order)
+    assert_fp32_close(sliced, whole)
 
 
 def test_autocast_inference_uses_autocast_safe_path():

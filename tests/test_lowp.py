@@ -27,6 +27,21 @@ def run_json(capsys, args):
     return code, (json.loads(cap.out) if code == 0 else None), cap.err
 
 
+def _near_ties(checkpoint, margin):
+    """How many digits val images have their two best logits within `margin` (as validate
+    sees them: the checkpoint's evaluation transform)."""
+    import torch
+    from mambaout.checkpoint import load_for_inference
+    from mambaout.data import DigitsDataset, eval_transform
+    model, info = load_for_inference(checkpoint)
+    cfg = model.pretrained_cfg
+    tf = eval_transform(info["img_size"], info["crop_pct"], info["interpolation"], cfg["mean"], cfg["std"])
+    images = torch.stack([img for img, _ in DigitsDataset("val", info["img_size"], tf)])
+    with torch.no_grad():
+        top2 = model(images).topk(2, dim=1).values
+    return int((top2[:, 0] - top2[:, 1] <= margin).sum())
+
+
 def test_int8_export_validates_close_to_fp32(digits_ckpt, tmp_path, capsys):
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
     code, r, err = run_json(capsys, ["export", "mambaout_femto", "--checkpoint", str(digits_ckpt), "--format", "onnx",
@@ -50,7 +65,11 @@ def test_int8_export_validates_close_to_fp32(digits_ckpt, tmp_path, capsys):
         code, results[name], err = run_json(capsys, ["validate", "--onnx", str(path), "-j", "0"])
         assert code == 0, err
     code, torch_r, err = run_json(capsys, ["validate", "--checkpoint", str(digits_ckpt), "-j", "0", "--device", "cpu"])
-    assert results["fp32"]["top1"] == pytest.approx(torch_r["top1"])
+    # the fp32 file computes the checkpoint's logits within the export's parity bound (1e-4),
+    # in another float order: only images whose two best logits are closer than twice that may
+    # change their top-1 (usually none)
+    near_ties = _near_ties(digits_ckpt, margin=2e-4)
+    assert abs(results["fp32"]["top1"] - torch_r["top1"]) <= 100 * near_ties / 355
     assert results["fp32"]["images"] == results["int8"]["images"] == 355
     assert abs(results["int8"]["top1"] - results["fp32"]["top1"]) <= 1.0, results
     assert results["int8"]["quantization"] and results["fp32"]["quantization"] is None

@@ -5,6 +5,7 @@ import torch
 from torchvision.models.detection import MaskRCNN
 
 import mambaout
+from helpers import assert_fp32_close
 from mambaout import CheckpointError, MambaOutError, UnknownModelError
 from mambaout.complexity import count_macs, measure
 from mambaout.models import DETECTION_VARIANTS, VARIANTS
@@ -77,8 +78,16 @@ def test_channels_last_and_odd_sizes(femto):
     with torch.no_grad():
         a, b = model(images), femto(images)
     for x, y, img in zip(a, b, images):
-        assert x["masks"].shape[2:] == img.shape[1:]
-        torch.testing.assert_close(x["boxes"], y["boxes"], atol=1e-3, rtol=1e-3)
+        assert x["masks"].shape[2:] == y["masks"].shape[2:] == img.shape[1:]
+        assert torch.isfinite(x["boxes"]).all() and len(x["boxes"]) == len(x["scores"])
+    # channels-last runs other conv kernels (another float order): the FPN maps agree to fp32
+    # reordering error; the detections are not compared, since proposals of the random model
+    # whose scores are that close may swap ranks (and so which boxes survive NMS and top-k)
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        for u, v in zip(model.backbone(x.to(memory_format=torch.channels_last)).values(),
+                        femto.backbone(x).values()):
+            assert_fp32_close(u, v)
     feats = femto.backbone(torch.rand(1, 3, 97, 131))   # FPN maps at ceil(H / s) x ceil(W / s)
     assert {k: tuple(v.shape[2:]) for k, v in feats.items()} == {
         "0": (25, 33), "1": (13, 17), "2": (7, 9), "3": (4, 5), "pool": (2, 3)}
