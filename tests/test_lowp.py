@@ -234,6 +234,9 @@ def test_int8_bias_handling_is_exact(tmp_path):
     x = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
     plain = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     ours = onnx_session(int8).run(None, {"input": x})[0]
+    # bit for bit, as both graphs do the same float operations in the same order: the same int8
+    # kernel accumulates exactly in int32, then one fp32 multiply by the scales and one fp32 add
+    # of the bias (in the GEMM's epilogue here, in an Add node there)
     np.testing.assert_array_equal(ours, plain)
     # an fp32 file is loaded as it is
     assert ort_int8_model(fp32, ort) is None
