@@ -1,14 +1,18 @@
 """Training checkpoints: written atomically, read back without unpickling arbitrary objects.
 
-A training checkpoint is a dict of tensors, numbers, strings, lists and dicts only:
-    format, model_name, num_classes, class_names, img_size, crop_pct, interpolation,
-    recipe (dict), model (state dict), optimizer, scheduler, scaler, ema,
-    epoch, step_in_epoch, global_step, best_top1, best_epoch, history, rng
-so `mambaout validate` / `predict` need nothing but the file.
+A training checkpoint (last.pth) is a dict of tensors, numbers, strings, lists and dicts only:
+    format, task, model_name, num_classes, class_names, img_size, recipe (dict),
+    data_source (dict), run_options (dict), model (state dict), ema, optimizer, scheduler,
+    scaler, rng, epoch, step_in_epoch, global_step, best_score, best_epoch, history
+so `mambaout validate` / `predict` need nothing but the file, and `--resume` alone continues
+the run. best.pth is the same without the training state (TRAINING_STATE: optimizer,
+scheduler, scaler, rng): about the size of the weights, for evaluation, prediction, export
+and fine-tuning, not for resuming.
 """
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -19,10 +23,66 @@ from .errors import CheckpointError, MambaOutError
 from .utils import atomic_write
 
 FORMAT = "mambaout-train-v1"
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")   # what only resuming needs
+
+
+class _Writer:
+    """A file object for torch.save that keeps the operating system's error: torch reports a
+    failed write (a full disk) as a RuntimeError about stream positions, without the reason."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def _torch_save(obj, path):
+    with open(path, "wb") as f:
+        w = _Writer(f)
+        try:
+            torch.save(obj, w)
+        except RuntimeError:
+            if w.error is not None:
+                raise w.error from None
+            raise
 
 
 def save(obj: dict, path) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """Write atomically; a failed write raises WriteError (one line: the file and the reason)
+    and leaves the previous file at `path` as it was."""
+    return atomic_write(path, lambda tmp: _torch_save(obj, tmp))
+
+
+def inference_state(obj: dict) -> dict:
+    """A training checkpoint without what only resuming needs (best.pth)."""
+    return {k: v for k, v in obj.items() if k not in TRAINING_STATE}
+
+
+def nbytes(obj) -> int:
+    """Bytes of the tensors in a (nested) checkpoint dict: about its size on disk."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes(v) for v in obj)
+    return 0
+
+
+def free_bytes(folder) -> Optional[int]:
+    """Free bytes on the file system of `folder` for this user (None where it cannot be told)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def rng_state() -> dict:
@@ -48,12 +108,19 @@ def _to_tuple(x):
     return tuple(_to_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
 
 
-def read_training_checkpoint(path) -> dict:
+def read_training_checkpoint(path, resume: bool = True) -> dict:
+    """A checkpoint written by `mambaout ... train`: with `resume`, one that holds the training
+    state (last.pth); otherwise best.pth will do too."""
     from .models.weights import read_checkpoint
     obj = read_checkpoint(path)
     if obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a mambaout training checkpoint (no training state to resume)")
-    missing = [k for k in ("model", "optimizer", "epoch", "model_name", "num_classes") if k not in obj]
+    if resume and "optimizer" not in obj and "model" in obj:
+        raise CheckpointError(f"{path} holds the weights without the training state (a best.pth): resume from "
+                              f"the run's last.pth")
+    needed = ("model", "optimizer", "epoch", "model_name", "num_classes") if resume else (
+        "model", "model_name", "num_classes")
+    missing = [k for k in needed if k not in obj]
     if missing:
         raise CheckpointError(f"training checkpoint {path} is incomplete: missing {', '.join(missing)}")
     return obj
@@ -64,7 +131,7 @@ def load_task_checkpoint(path, task: str, recipe_cls, build):
     ("segmentation", "detection"): the recipe is read back as recipe_cls, the model is
     build(recipe, num_classes, model_name) and its weights load strictly."""
     from .models.weights import fit_state_dict
-    obj = read_training_checkpoint(path)
+    obj = read_training_checkpoint(path, resume=False)
     if obj.get("task", "classification") != task:
         raise CheckpointError(f"{path} is a {obj.get('task', 'classification')} checkpoint, not a {task} one")
     recipe = recipe_cls.from_dict(obj.get("recipe", {}))

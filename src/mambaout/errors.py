@@ -14,6 +14,18 @@ class CheckpointError(MambaOutError):
     """A checkpoint is missing, unreadable, unsafe, or does not fit the model."""
 
 
+class WriteError(MambaOutError):
+    """A file could not be written (disk full, quota, permission, read-only folder): one line
+    naming the file and the operating system's reason."""
+
+    def __init__(self, path, error: BaseException, what: str = ""):
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        other = getattr(error, "filename", None)        # e.g. a file standing where a folder must be
+        where = f" ({other})" if other and str(other) != str(path) and ".tmp" not in str(other) else ""
+        super().__init__(f"cannot write {what + ' ' if what else ''}{path}: {reason}{where}")
+        self.path, self.error = path, error
+
+
 def require(module: str, extra: str, purpose: str, package: str = ""):
     """Import an optional dependency, or fail with one line naming the extra that installs it:
     require("onnx", "export", "ONNX export") -> the onnx module, or MambaOutError

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .errors import MambaOutError
+from .errors import MambaOutError, WriteError
 
 LONG = "long-sequence: quadratic term dominates"
 SHORT = "short-sequence: linear term dominates"
@@ -268,9 +268,8 @@ def plot(rows: List[Dict], path) -> str:
     fig.tight_layout()
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    except OSError as e:
-        where = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
-        raise MambaOutError(f"cannot write plot {path}: {e.strerror or e}{where}") from None
+    except WriteError as e:
+        raise WriteError(path, e.error, what="plot") from None
     finally:
         plt.close(fig)
     return str(path)

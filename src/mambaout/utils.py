@@ -4,21 +4,24 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
-from .errors import MambaOutError
+from .errors import MambaOutError, WriteError
 
 
 def atomic_write(path, write: Callable[[str], None]) -> Path:
     """Write a file via `write(tmp_path)` into a temp file beside `path`, then rename it into
-    place: a crash mid-write never leaves a half-written file at `path`."""
+    place: a crash mid-write never leaves a half-written file at `path`, and a failed write
+    (disk full, quota, permission, read-only folder) leaves the old file as it was, removes
+    the temp file and raises WriteError (one line naming `path` and the reason)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
@@ -26,10 +29,18 @@ def atomic_write(path, write: Callable[[str], None]) -> Path:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise WriteError(path, e) from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def absolute(path) -> Optional[str]:
+    """`path` as an absolute path string (None stays None): what a checkpoint records of the
+    data it was trained on, so that a resumed run finds it from any working directory."""
+    return None if path is None else str(Path(path).resolve())
 
 
 def resolve_device(device: str) -> torch.device:
