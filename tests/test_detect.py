@@ -194,3 +194,61 @@ def test_missing_pycocotools_is_one_line(tmp_path, capsys, monkeypatch):
     code = main(["detect", "train", "--output", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "pip install 'mambaout[detection]'" in err[0], err
+
+
+# ---- resume with the printed command, conflicts, failed writes ---------------------------------------
+
+def det_args(coco, out, *extra):
+    return ["detect", "train", *[a for k in ("train_ann", "train_images", "val_ann", "val_images")
+                                 for a in (f"--{k.replace('_', '-')}", coco[k])],
+            "--output", str(out), "--model", "mask_rcnn_mambaout_femto", "--epochs", "4", "--lr-steps", "3",
+            "-b", "2", "--min-size", "64", "--max-size", "64", "--rois-per-image", "32", "--proposals", "50",
+            "--warmup-iters", "1", "--lr", "1e-3", "-j", "0", "--no-progress", "--device", "cpu", *extra]
+
+
+def test_sigterm_then_the_printed_command_equals_uninterrupted(coco, tmp_path):
+    """Own COCO files and a non-default recipe, stopped by SIGTERM, resumed with exactly the
+    command the run printed: bitwise the weights and the per-update log of the uninterrupted run."""
+    from test_train import check_sigterm_and_printed_resume
+    check_sigterm_and_printed_resume(lambda out: det_args(coco, out), tmp_path, ["detect", "train"])
+
+
+def test_conflicting_flag_on_resume_is_one_line(coco, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(det_args(coco, out, "--max-updates", "1")) == 0
+    last = str(out / "last.pth")
+    for extra, needle in ((["--schedule", "3x"], "with schedule = '3x': the run has schedule = '1x'"),
+                          (["--train-ann", str(tmp_path / "other.json")], "with --train-ann "),
+                          (["--model", "mask_rcnn_mambaout_kobe"], "model = 'mask_rcnn_mambaout_kobe'")):
+        capsys.readouterr()
+        assert main(["detect", "train", "--resume", last, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+
+
+def test_failed_write_is_one_line_and_keeps_last(coco, tmp_path, capsys, monkeypatch):
+    """The disk fills up at the second epoch's last.pth (ENOSPC, injected): one line; the first
+    epoch's last.pth stays intact and resumable; no temp file is left."""
+    import errno
+    import os
+    from mambaout import checkpoint as ckpt
+    real, calls = ckpt._torch_save, []
+
+    def full_disk(obj, path):
+        if ".last.pth." in str(path):
+            calls.append(path)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(obj, path)
+    monkeypatch.setattr(ckpt, "_torch_save", full_disk)
+    out = tmp_path / "run"
+    assert main(det_args(coco, out, "--epochs", "3", "--lr-steps", "2")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"cannot write {out / 'last.pth'}: No space left on device" in err[0]
+    assert f"the run up to update 2 is kept in {out / 'last.pth'}" in err[0]
+    assert not list(out.glob("*.tmp"))
+    assert torch.load(out / "last.pth", map_location="cpu", weights_only=True)["global_step"] == 2
+    monkeypatch.undo()
+    assert main(["detect", "train", "--resume", str(out / "last.pth"), "-j", "0", "--no-progress"]) == 0
+    assert torch.load(out / "last.pth", map_location="cpu", weights_only=True)["global_step"] == 6

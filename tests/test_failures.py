@@ -171,3 +171,42 @@ def test_library_call_leaves_no_workers_behind(tmp_path):
     finally:
         T.recipe_transforms = orig
     assert not [c for c in multiprocessing.active_children() if c.is_alive()]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 120 MB tmpfs: room for one last.pth (74 MB) and one best.pth (25 MB) of a femto, not
+    for a second last.pth beside the first (an atomic write needs both at once)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here ({r.stderr.strip() or 'mount failed'}); "
+                    "the injected-ENOSPC tests in test_segment/test_detect still run")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_ends_in_one_line_and_keeps_last(tmp_path, small_disk):
+    """A real full disk (ENOSPC) at the second epoch's last.pth: one line naming the file, the
+    reason and the resume command, exit 2; the first epoch's last.pth intact; no temp file;
+    the run copied to a disk with room resumes to the end."""
+    data = make_folder(tmp_path / "data", per_class=(16, 3))
+    out = small_disk / "run"
+    r = subprocess.run([sys.executable, "-m", "mambaout", *tiny_args(data, out, "--epochs", "2")], env=env1(),
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines[-1].startswith(f"mambaout: error: cannot write {out / 'last.pth'}: No space left on device"), lines
+    assert f"resume with: mambaout train --resume {out / 'last.pth'}" in lines[-1]
+    assert "low disk space" in r.stderr          # said before the write that failed
+    assert not list(out.glob("*.tmp")) and (out / "best.pth").stat().st_size < 0.4 * (out / "last.pth").stat().st_size
+    assert torch.load(out / "last.pth", map_location="cpu", weights_only=True)["global_step"] == 6
+    import shutil
+    moved = shutil.copytree(out, tmp_path / "moved")
+    r = subprocess.run([sys.executable, "-m", "mambaout", "train", "--resume", str(moved / "last.pth"), "-j", "0"],
+                       env=env1(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert torch.load(moved / "last.pth", map_location="cpu", weights_only=True)["global_step"] == 12

@@ -231,3 +231,59 @@ def test_predict_reports_unreadable_images(trained, tmp_path, capsys):
     assert main(["segment", "predict", str(good), str(twin), "--checkpoint", str(out / "last.pth"),
                  "-o", str(tmp_path / "q"), "--device", "cpu"]) == 0
     assert Image.open(tmp_path / "q" / "a.png").size == (50, 30) and Image.open(tmp_path / "q" / "a_2.png").size == (40, 20)
+
+
+# ---- resume with the printed command, conflicts, failed writes ---------------------------------------
+
+def test_sigterm_then_the_printed_command_equals_uninterrupted(data, tmp_path):
+    """Own data and a non-default recipe, stopped by SIGTERM, resumed with exactly the command
+    the run printed: bitwise the weights and the per-update log of the uninterrupted run."""
+    from test_train import check_sigterm_and_printed_resume
+    check_sigterm_and_printed_resume(lambda out: seg_args(data, out, "--iters", "60", "--val-every", "30"),
+                                     tmp_path, ["segment", "train"])
+
+
+def test_conflicting_flag_on_resume_is_one_line(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(seg_args(data, out, "--max-updates", "2")) == 0
+    last = str(out / "last.pth")
+    for extra, needle in ((["--lr", "1e-3"], "with lr = 0.001: the run has lr = 0.002"),
+                          (["--data", str(tmp_path)], f"with --data {tmp_path}: the run trained on"),
+                          (["--crop-size", "48"], "crop_size = 48: the run has crop_size = 32")):
+        capsys.readouterr()
+        assert main(["segment", "train", "--resume", last, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    # flags equal to the run's own, and what may change midway (--iters), are accepted
+    assert main(["segment", "train", "--resume", last, "--lr", "2e-3", "--iters", "8", "-j", "0", "--no-progress",
+                 "--device", "cpu"]) == 0
+    assert torch.load(out / "last.pth", map_location="cpu", weights_only=True)["global_step"] == 8
+
+
+def test_failed_write_is_one_line_and_keeps_last(data, tmp_path, capsys, monkeypatch):
+    """A disk that fills up while best.pth is written (ENOSPC, injected): one line naming the
+    file, the reason and the resume command; last.pth intact and resumable; no temp file."""
+    import errno
+    import os
+    from mambaout import checkpoint as ckpt
+    real = ckpt._torch_save
+
+    def full_disk(obj, path):
+        if ".best.pth." in str(path):
+            with open(path, "wb") as f:
+                f.write(b"partial")                 # what a full disk leaves: a partial temp file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(obj, path)
+    monkeypatch.setattr(ckpt, "_torch_save", full_disk)
+    out = tmp_path / "run"
+    assert main(seg_args(data, out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"cannot write {out / 'best.pth'}: No space left on device" in err[0]
+    assert f"the run up to update 3 is kept in {out / 'last.pth'}" in err[0]
+    assert f"resume with: mambaout segment train --resume {out / 'last.pth'}" in err[0]
+    assert not list(out.glob("*.tmp")) and not (out / "best.pth").exists()
+    monkeypatch.undo()
+    assert main(["segment", "train", "--resume", str(out / "last.pth"), "-j", "0", "--no-progress"]) == 0
+    ck = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == 6 and (out / "best.pth").exists()

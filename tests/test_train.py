@@ -149,7 +149,7 @@ def test_resume_errors_are_one_line(tmp_path, capsys):
     train(replace(TINY, epochs=1, model="mambaout_kobe"),
           RunOptions(data=str(data), output=str(other), workers=0, progress=False))
     cases = [(tmp_path / "missing.pth", "checkpoint not found"), (bad, "cannot read checkpoint"),
-             (other / "last.pth", "trains mambaout_kobe, this run trains mambaout_femto")]
+             (other / "last.pth", "with model = 'mambaout_femto': the run has model = 'mambaout_kobe'")]
     weights = tmp_path / "weights.pth"
     torch.save(mambaout.create_model("mambaout_femto").state_dict(), weights)
     cases.append((weights, "not a mambaout training checkpoint"))
@@ -176,9 +176,44 @@ def _wait_steps(out, n, proc, timeout=120):
     raise AssertionError("timed out waiting for steps")
 
 
+def printed_resume_command(err: str) -> list:
+    """The arguments of the `resume with: mambaout ...` command a stopped run printed."""
+    import re
+    import shlex
+    found = re.findall(r"resume with: mambaout (.+)$", err, flags=re.M)
+    assert found, err[-2000:]
+    return shlex.split(found[-1])
+
+
+def check_sigterm_and_printed_resume(args_for, tmp_path, command, steps=3):
+    """A run `args_for(out)` stopped by SIGTERM after `steps` updates and resumed with exactly
+    the command it printed (`mambaout <command> --resume <out>/last.pth`) ends with bitwise the
+    weights and the per-update log of the same run left uninterrupted (one thread each)."""
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    r = subprocess.run([sys.executable, "-m", "mambaout", *args_for(ref)], env=env1(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    p = _run_cli(args_for(cut))
+    _wait_steps(cut, steps, p)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and "stopped by SIGTERM" in err, err[-2000:]
+    printed = printed_resume_command(err)
+    assert printed == [*command, "--resume", str(cut / "last.pth")]
+    r = subprocess.run([sys.executable, "-m", "mambaout", *printed], env=env1(), cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = model_state(ref / "last.pth"), model_state(cut / "last.pth")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (ref / "steps.csv").read_text() == (cut / "steps.csv").read_text()
+
+
 def test_sigkill_sigterm_sigint_mid_epoch_resume_bitwise(tmp_path):
-    """A run killed with SIGKILL mid-epoch, and runs stopped by SIGTERM and by Ctrl-C (SIGINT),
-    all resume to the same final weights as an uninterrupted run (bitwise on CPU)."""
+    """A run with its own data and recipe killed with SIGKILL mid-epoch, and runs stopped by
+    SIGTERM and by Ctrl-C (SIGINT), all resume to the same final weights as an uninterrupted run
+    (bitwise on CPU): the stopped ones with exactly the command they print, the killed one with
+    `mambaout train --resume last.pth` alone."""
     data = make_folder(tmp_path / "data", per_class=(27, 3), damaged=True)  # 87 images -> 10 updates/epoch
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     p_ref = _run_cli(tiny_args(data, ref))
@@ -186,7 +221,7 @@ def test_sigkill_sigterm_sigint_mid_epoch_resume_bitwise(tmp_path):
     _wait_steps(killed, 13, p_kill)
     p_kill.send_signal(signal.SIGKILL)
     p_kill.wait()
-    stopped = {}
+    stopped = {killed: ["train", "--resume", str(killed / "last.pth")]}
     for sig, steps in ((signal.SIGTERM, 14), (signal.SIGINT, 15)):
         out = tmp_path / sig.name
         p = _run_cli(tiny_args(data, out))
@@ -194,16 +229,17 @@ def test_sigkill_sigterm_sigint_mid_epoch_resume_bitwise(tmp_path):
         p.send_signal(sig)
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-        assert f"stopped by {sig.name}" in err and "resume with" in err
+        assert f"stopped by {sig.name}" in err
         assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
-        stopped[sig.name] = out
+        stopped[out] = printed_resume_command(err)
+        assert stopped[out] == ["train", "--resume", str(out / "last.pth")]
     assert p_ref.wait(timeout=300) == 0, p_ref.stderr.read()[-2000:]
 
-    for out in (killed, *stopped.values()):
+    for out, command in stopped.items():
         ck = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
         assert ck["step_in_epoch"] > 0, f"{out.name} must stop mid-epoch"
-        r = subprocess.run([sys.executable, "-m", "mambaout", *tiny_args(data, out, "--resume", str(out / "last.pth"))],
-                           env=env1(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+        r = subprocess.run([sys.executable, "-m", "mambaout", *command], env=env1(), cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         a, b = model_state(ref / "last.pth"), model_state(out / "last.pth")
         for key in a:
@@ -356,6 +392,25 @@ def test_finetune_from_initial_checkpoint_new_class_count(trained, tmp_path):
     assert ck["model"]["head.fc.weight"].shape == (3, 4 * 288) and ck["num_classes"] == 3
 
 
+def test_best_pth_holds_weights_not_training_state(trained, tmp_path, capsys):
+    """best.pth: weights, class names, recipe, metrics, without the optimizer (about the
+    weights' size); fine-tuning, cam and export take it, resuming is pointed to last.pth."""
+    from mambaout.checkpoint import TRAINING_STATE
+    data, out = trained
+    best = torch.load(out / "best.pth", map_location="cpu", weights_only=True)
+    assert not set(TRAINING_STATE) & set(best) and {"model", "recipe", "class_names", "history"} <= set(best)
+    weights = sum(v.numel() * v.element_size() for v in best["model"].values())
+    assert (out / "best.pth").stat().st_size < 1.05 * weights < 0.5 * (out / "last.pth").stat().st_size
+    assert main(tiny_args(data, tmp_path / "ft", "--epochs", "1", "--initial-checkpoint", str(out / "best.pth"))) == 0
+    img = sorted((data / "val" / "red").iterdir())[0]
+    assert main(["cam", str(img), "--checkpoint", str(out / "best.pth"), "-o", str(tmp_path / "cam")]) == 0
+    assert main(["export", "mambaout_femto", "--checkpoint", str(out / "best.pth"), "--format", "torchscript",
+                 "-o", str(tmp_path / "m.pt")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out / "best.pth")]) == 2
+    assert "resume from the run's last.pth" in capsys.readouterr().err
+
+
 def test_validate_errors(tmp_path, capsys):
     code = main(["validate", "--checkpoint", str(tmp_path / "none.pth")])
     assert code == 2 and "checkpoint not found" in capsys.readouterr().err
@@ -377,7 +432,7 @@ def test_options_amp_ema_channels_last_checkpointing_and_resume(tmp_path):
     assert res.status == "stopped"
     ck = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
     assert ck["ema"] is not None and ck["global_step"] == 3 and ck["step_in_epoch"] == 3
-    with pytest.raises(mambaout.CheckpointError, match="another global batch"):
+    with pytest.raises(mambaout.MambaOutError, match="with batch_size = 8: the run has batch_size = 4"):
         train(replace(r, batch_size=8), replace(opts, resume=str(out / "last.pth"), max_updates=None))
     res = train(r, replace(opts, resume=str(out / "last.pth"), max_updates=None))
     assert res.status == "finished" and res.epochs_run == 2

@@ -192,18 +192,36 @@ RECIPE_FLAGS = {
 }
 
 
-def recipe_from_args(args):
-    """Table 2 when --data is given; the digits recipe on the embedded set otherwise."""
-    from dataclasses import replace
-    from .recipe import Recipe, digits_recipe
-    recipe = Recipe() if args.data else digits_recipe()
-    changes = {field: tuple(v) if isinstance(v, list) else v for flag, field in RECIPE_FLAGS.items()
-               if (v := getattr(args, flag, None)) is not None}
+def _given(args, flags: dict) -> dict:
+    """The recipe fields the command line sets (flags left at None keep the recipe's value)."""
+    return {field: tuple(v) if isinstance(v, list) else v for flag, field in flags.items()
+            if (v := getattr(args, flag, None)) is not None}
+
+
+def _plan(args, recipe_cls, given: dict, source: dict, new_recipe):
+    """(recipe, data source, run options): a new run's from the flags and the task's defaults
+    (new_recipe(given)); with --resume the checkpoint's, checked against what is given."""
+    opts = _run_options(args)
+    if args.resume:
+        from .engine.resume import plan_resume
+        return plan_resume(args.resume, recipe_cls, given, source, opts)
+    return new_recipe(given), source, opts
+
+
+def recipe_changes(args) -> dict:
+    changes = _given(args, RECIPE_FLAGS)
     if changes.get("auto_augment") in ("none", ""):
         changes["auto_augment"] = None
     if args.model_ema:
         changes["model_ema"] = True
-    recipe = replace(recipe, **changes)
+    return changes
+
+
+def recipe_from_args(args, changes: Optional[dict] = None):
+    """Table 2 when --data is given; the digits recipe on the embedded set otherwise."""
+    from dataclasses import replace
+    from .recipe import Recipe, digits_recipe
+    recipe = replace(Recipe() if args.data else digits_recipe(), **(recipe_changes(args) if changes is None else changes))
     if args.data and args.img_size is None:  # the model's own size (32 for the CIFAR study models)
         from .models import get_variant
         recipe.img_size = get_variant(recipe.model).input_size
@@ -211,8 +229,11 @@ def recipe_from_args(args):
 
 
 def cmd_train(args) -> int:
+    from .recipe import Recipe
     from .train import train
-    result = train(recipe_from_args(args), _run_options(args))
+    recipe, _, opts = _plan(args, Recipe, recipe_changes(args), {"data": args.data},
+                            lambda given: recipe_from_args(args, given))
+    result = train(recipe, opts)
     if result.status == "finished":
         print(f"done: best top-1 {result.best_top1:.2f}%, final top-1 {result.final_top1:.2f}% "
               f"after {result.epochs_run} epochs; checkpoints and logs in {result.output}")
@@ -370,19 +391,22 @@ SEG_RECIPE_FLAGS = {
 }
 
 
-def seg_recipe_from_args(args):
+def seg_recipe_changes(args) -> dict:
+    changes = _given(args, SEG_RECIPE_FLAGS)
+    if args.no_reduce_zero_label:
+        changes["reduce_zero_label"] = False
+    if args.no_photometric:
+        changes["photometric"] = False
+    return changes
+
+
+def seg_recipe_from_args(args, changes: Optional[dict] = None):
     """The ADE20K recipe with --data; the embedded digits-canvas recipe otherwise."""
     from dataclasses import replace
     from .tasks.segmentation import digits_seg_recipe
     from .recipe import SegRecipe
     recipe = SegRecipe() if args.data else digits_seg_recipe()
-    changes = {field: tuple(v) if isinstance(v, list) else v for flag, field in SEG_RECIPE_FLAGS.items()
-               if (v := getattr(args, flag, None)) is not None}
-    if args.no_reduce_zero_label:
-        changes["reduce_zero_label"] = False
-    if args.no_photometric:
-        changes["photometric"] = False
-    return replace(recipe, **changes)
+    return replace(recipe, **(seg_recipe_changes(args) if changes is None else changes))
 
 
 def _amp(args):
@@ -402,8 +426,12 @@ def _run_options(args):
 
 
 def cmd_segment_train(args) -> int:
+    from .recipe import SegRecipe
     from .tasks.segmentation import train_segmentation
-    result = train_segmentation(seg_recipe_from_args(args), _run_options(args), class_names=args.class_names)
+    recipe, source, opts = _plan(args, SegRecipe, seg_recipe_changes(args),
+                                 {"data": args.data, "class_names": args.class_names},
+                                 lambda given: seg_recipe_from_args(args, given))
+    result = train_segmentation(recipe, opts, class_names=source.get("class_names"))
     if result.status == "finished":
         print(f"done: best mIoU {result.best:.2f}%, final mIoU {result.final:.2f}% after {result.global_step} "
               f"iterations; checkpoints and logs in {result.output}")
@@ -457,21 +485,33 @@ def _detection():
     return detection
 
 
-def det_recipe_from_args(args):
+DET_PATHS = ("train_ann", "train_images", "val_ann", "val_images")
+
+
+def det_recipe_changes(args) -> dict:
+    changes = _given(args, DET_RECIPE_FLAGS)
+    if args.schedule:   # picks a new run's base recipe; checked against the run's own on resume
+        changes["schedule"] = args.schedule
+    return changes
+
+
+def det_recipe_from_args(args, changes: Optional[dict] = None):
     """The COCO 1x recipe (or 3x) with data; the embedded digit canvases otherwise."""
     from dataclasses import replace
     from .recipe import DetRecipe
     det_digits_recipe = _detection().det_digits_recipe
     has_data = args.data or args.train_ann
     recipe = (DetRecipe.three_x() if args.schedule == "3x" else DetRecipe()) if has_data else det_digits_recipe()
-    changes = {field: tuple(v) if isinstance(v, list) else v for flag, field in DET_RECIPE_FLAGS.items()
-               if (v := getattr(args, flag, None)) is not None}
-    return replace(recipe, **changes)
+    changes = det_recipe_changes(args) if changes is None else changes
+    return replace(recipe, **{k: v for k, v in changes.items() if k != "schedule"})
 
 
 def cmd_detect_train(args) -> int:
-    result = _detection().train_detection(det_recipe_from_args(args), _run_options(args), train_ann=args.train_ann,
-                             train_images=args.train_images, val_ann=args.val_ann, val_images=args.val_images)
+    from .recipe import DetRecipe
+    recipe, source, opts = _plan(args, DetRecipe, det_recipe_changes(args),
+                                 {"data": args.data, **{k: getattr(args, k) for k in DET_PATHS}},
+                                 lambda given: det_recipe_from_args(args, given))
+    result = _detection().train_detection(recipe, opts, **{k: source.get(k) for k in DET_PATHS})
     if result.status == "finished":
         print(f"done: best box AP {result.best:.2f}, final box AP {result.final:.2f} after {result.epochs_run} "
               f"epochs; checkpoints and logs in {result.output}")
@@ -517,7 +557,7 @@ def _add_detect_parser(sub):
         s.add_argument(f"--{flag}", help="another layout: annotation JSON files and image folders")
     s.add_argument("--model", help="default: mask_rcnn_mambaout_tiny with data, mask_rcnn_mambaout_femto without")
     g = s.add_argument_group("recipe (defaults: mmdetection's Swin Mask R-CNN 1x with the authors' lr)")
-    g.add_argument("--schedule", choices=["1x", "3x"], default="1x", help="3x: 36 epochs, multi-scale 480-800")
+    g.add_argument("--schedule", choices=["1x", "3x"], help="1x (default): 12 epochs; 3x: 36 epochs, multi-scale 480-800")
     g.add_argument("--epochs", type=int)
     g.add_argument("--lr-steps", type=int, nargs="+", metavar="EPOCH", help="lr x0.1 after these epochs (8 11)")
     g.add_argument("-b", "--batch-size", type=int, help="per process (COCO: 16 in total)")

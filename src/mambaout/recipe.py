@@ -6,7 +6,7 @@ defaults): warmup starts at 1e-6 and cosine decay ends at 1e-5.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Optional, Tuple
+from typing import ClassVar, Optional, Tuple
 
 
 class RecipeData:
@@ -27,6 +27,8 @@ class RecipeData:
 
 @dataclass
 class Recipe(RecipeData):
+    # what a resumed run may change (engine/resume.py): more epochs (the schedule follows)
+    resume_may_change: ClassVar[Tuple[str, ...]] = ("epochs",)
     model: str = "mambaout_tiny"
     img_size: int = 224                       # input resolution 224^2
     epochs: int = 300
@@ -103,6 +105,7 @@ class SegRecipe(RecipeData):
     which the authors say they followed, with their own settings from official issue #251:
     lr 1e-4 for every size (Swin's config: 6e-5), drop path 0.3 / 0.3 / 0.6 (T / S / B), no
     layer-wise lr decay, a LayerNorm on each backbone output (models/backbone.py)."""
+    resume_may_change: ClassVar[Tuple[str, ...]] = ("iters", "val_every", "test_mode")
     model: str = "upernet_mambaout_tiny"
     num_classes: int = 150                    # ADE20K
     reduce_zero_label: bool = True            # ADE20K: label 0 = "other" -> ignored (255)
@@ -161,6 +164,7 @@ class DetRecipe(RecipeData):
     (configs/swin/mask_rcnn_swin-t-p4-w7_fpn_1x_coco.py with _base_/models/mask_rcnn_r50_fpn.py,
     _base_/datasets/coco_instance.py, _base_/schedules/schedule_1x.py), the set-up the authors
     say they followed, with their learning rate 1e-4 (official issue #251, for all sizes)."""
+    resume_may_change: ClassVar[Tuple[str, ...]] = ("epochs",)
     model: str = "mask_rcnn_mambaout_tiny"
     schedule: str = "1x"                      # "1x": 12 epochs, steps 8 / 11; "3x": 36 epochs, 27 / 33
     epochs: int = 12                          # schedule_1x.py: max_epochs 12

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import List, Sequence
 
-from ..errors import MambaOutError, require
+from ..errors import MambaOutError, WriteError, require
 from ..utils import atomic_write
 
 log = logging.getLogger("mambaout")
@@ -26,14 +26,33 @@ def tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def open_step_log(path: Path, global_step: int):
-    """steps.csv: one row per optimizer update; rows past a resumed step are dropped."""
-    rows = []
-    if path.exists() and global_step > 0:
-        rows = [r for r in path.read_text().splitlines()[1:] if r and int(r.split(",")[0]) <= global_step]
-    f = open(path, "w")
-    f.write("step,epoch,update,loss,lr\n" + "".join(r + "\n" for r in rows))
-    return f
+class StepLog:
+    """steps.csv: one row per optimizer update, flushed as it is written; rows past a resumed
+    step are dropped. A failed write is a WriteError (the file and the reason)."""
+
+    def __init__(self, path: Path, global_step: int):
+        self.path = path
+        rows = []
+        if path.exists() and global_step > 0:
+            rows = [r for r in path.read_text().splitlines()[1:] if r and int(r.split(",")[0]) <= global_step]
+        self.f = None
+        self.f = self._guard(lambda: open(path, "w"))
+        self.write("step,epoch,update,loss,lr\n" + "".join(r + "\n" for r in rows))
+
+    def _guard(self, fn):
+        try:
+            return fn()
+        except OSError as e:
+            raise WriteError(self.path, e) from None
+
+    def write(self, text: str):
+        self._guard(lambda: (self.f.write(text), self.f.flush()))
+
+    def close(self):
+        try:
+            self.f.close()
+        except OSError:
+            pass        # every row was flushed when written: a failure there was reported then
 
 
 def write_logs(out: Path, history: List[dict], tb, metric_keys: Sequence[str], x_key: str):

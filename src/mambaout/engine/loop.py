@@ -35,9 +35,11 @@ from ..data import DataPipelineError, ResumableSampler, SampleFailure, SeededSam
 from ..data.datasets import sample_seed
 from ..data.loader import worker_ignore_signals
 from ..distributed import Dist, all_reduce_sum, cleanup, setup
-from ..errors import CheckpointError, MambaOutError
+from ..errors import CheckpointError, MambaOutError, WriteError
+from ..utils import atomic_write
 from . import logs
 from .optim import build_optimizer, build_scheduler
+from .resume import check_resume, run_options_record
 from .syncbn import convert_sync_batchnorm
 from .task import Task
 
@@ -92,15 +94,43 @@ def _micro_seed(seed: int, epoch: int, update: int, micro: int, rank: int) -> in
     return sample_seed(seed + 7919, epoch, (update * 1000 + micro) * 10_000 + rank)
 
 
+@dataclass
+class _Saved:
+    """The run's newest checkpoint that can be resumed, for the message of a failed write."""
+    path: Optional[Path] = None
+    step: int = 0
+
+    def hint(self, command: str) -> str:
+        if self.path is None:
+            return "no checkpoint had been written yet"
+        return (f"the run up to update {self.step} is kept in {self.path}; make room, then resume with: "
+                f"mambaout {command} --resume {self.path}")
+
+
 def fit(task: Task, opts: RunOptions = RunOptions()) -> TrainResult:
     d = setup(opts.device)
+    saved = _Saved()
     try:
-        return _fit(task, opts, d)
+        return _fit(task, opts, d, saved)
+    except WriteError as e:     # disk full, quota, permission: one line, what is kept, how to go on
+        raise MambaOutError(f"{e}; {saved.hint(task.command)}") from e
     finally:
         cleanup(d)
 
 
-def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
+def _save_last(state: dict, out: Path, saved: _Saved, step: int):
+    """last.pth, atomically; a warning first when the disk has less room than it needs."""
+    path = out / "last.pth"
+    need = ckpt.nbytes(state)
+    free = ckpt.free_bytes(out)
+    if free is not None and free < need:
+        log.warning("low disk space: %.0f MB free in %s, last.pth needs about %.0f MB (a failed write keeps "
+                    "the previous last.pth)", free / 2 ** 20, out, need / 2 ** 20)
+    ckpt.save(state, path)
+    saved.path, saved.step = path, step
+
+
+def _fit(task: Task, opts: RunOptions, d: Dist, saved: _Saved) -> TrainResult:
     t_start = time.time()
     recipe = task.recipe
     _check_options(recipe, opts)
@@ -114,6 +144,10 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
             raise CheckpointError(f"cannot resume: {opts.resume} is a {resume_obj.get('task', 'classification')} "
                                   f"run, this is {task.name}")
         task.check_resume(resume_obj, opts.resume)
+        changed = check_resume(resume_obj, recipe, task.data_source(), opts, opts.resume)
+        if changed and d.is_main:
+            log.info("resuming with changes: %s", "; ".join(changed))
+        saved.path, saved.step = Path(opts.resume), int(resume_obj["global_step"])
 
     # ---- output folder (rank 0 writes everything) -------------------------------------------
     out = Path(opts.output) if opts.output else (
@@ -123,7 +157,10 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
         if resume_obj is None and (out / "last.pth").exists():
             raise MambaOutError(f"{out} already holds a run (last.pth); resume it with --resume "
                                 f"{out / 'last.pth'} or choose another --output")
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(out, e) from None
 
     # ---- data ---------------------------------------------------------------------------------
     train_set, val_set = task.build_data()
@@ -206,7 +243,7 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
                  d.world, recipe.batch_size, recipe.grad_accum_steps, recipe.global_batch(d.world),
                  peak_lr, total_updates, updates_per_epoch, out)
     tb = logs.tensorboard(out) if opts.tensorboard and d.is_main else None
-    step_log = logs.open_step_log(out / "steps.csv", global_step) if d.is_main else None
+    step_log = logs.StepLog(out / "steps.csv", global_step) if d.is_main else None
 
     stop = {"signal": None}
 
@@ -227,6 +264,7 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
             epoch, step_in_epoch = epoch + 1, 0
         return {"format": ckpt.FORMAT, "task": task.name, "model_name": recipe.model,
                 "num_classes": task.num_classes, "recipe": recipe.to_dict(), **task.checkpoint_meta(),
+                "data_source": task.data_source(), "run_options": run_options_record(opts),
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "ema": ema.module.state_dict() if ema is not None else None,
@@ -240,8 +278,8 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
         if not d.is_main:  # rank 0 keeps the checkpoints; torchrun ends the other processes
             return DataPipelineError(e.failure, f"{e} (process rank {d.rank})")
         where = out / "last.pth"
-        ckpt.save(state(epoch, step_in_epoch), where)
-        (out / "error.log").write_text(e.failure.traceback)
+        _save_last(state(epoch, step_in_epoch), out, saved, global_step)
+        atomic_write(out / "error.log", lambda tmp: Path(tmp).write_text(e.failure.traceback))
         return DataPipelineError(e.failure, (
             f"{e}; progress saved in {where} ({global_step} updates), traceback in {out / 'error.log'}; "
             f"resume with: mambaout {task.command} --resume {where} (the sample is drawn again with the "
@@ -305,7 +343,6 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
                     bar.update(1)
                 if d.is_main:
                     step_log.write(f"{global_step},{epoch + 1},{update + 1},{mean_loss!r},{lr!r}\n")
-                    step_log.flush()
                 if tb is not None:
                     tb.add_scalar("train/loss", mean_loss, global_step)
                     tb.add_scalar("train/lr", lr, global_step)
@@ -341,9 +378,9 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
                                  task.describe(metrics), best, best_epoch if task.per_epoch else best_step,
                                  time.time() - t_interval)
                         s = state(epoch, update + 1)
-                        ckpt.save(s, out / "last.pth")
-                        if is_best:
-                            ckpt.save(s, out / "best.pth")
+                        _save_last(s, out, saved, global_step)
+                        if is_best:      # weights, EMA, class names, recipe, metrics: no training state
+                            ckpt.save(ckpt.inference_state(s), out / "best.pth")
                         logs.write_logs(out, history, tb, task.metric_keys, "epoch" if task.per_epoch else "step")
                     skipped, loss_sum, loss_n, t_interval = 0, 0.0, 0, time.time()
                     reasons.clear()
@@ -352,7 +389,7 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
                 ending = global_step < total_updates and (stop_requested or done_updates)
                 periodic = opts.checkpoint_every and global_step % opts.checkpoint_every == 0
                 if d.is_main and not validated and (ending or periodic):
-                    ckpt.save(state(epoch, update + 1), out / "last.pth")
+                    _save_last(state(epoch, update + 1), out, saved, global_step)
                 if ending:
                     status = "interrupted" if stop_requested else "stopped"
                     break
@@ -385,7 +422,7 @@ def _fit(task: Task, opts: RunOptions, d: Dist) -> TrainResult:
                    "checkpoints": {"last": str(out / "last.pth"),
                                    "best": str(out / "best.pth") if (out / "best.pth").exists() else None},
                    "recipe": recipe.to_dict()}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
         if status == "interrupted":
             log.warning("stopped by %s after update %d; resume with: mambaout %s --resume %s",
                         signal.Signals(stop["signal"]).name, global_step, task.command, out / "last.pth")

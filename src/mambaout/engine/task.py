@@ -78,3 +78,7 @@ class Task(Protocol):
 
     def checkpoint_meta(self) -> dict:
         """What validate / predict need besides the weights: class names, input size, ..."""
+
+    def data_source(self) -> dict:
+        """The data the run trains on, as absolute paths (None: the embedded default), keyed by
+        the training command's flags (`data`, ...): stored so that `--resume` alone finds it."""

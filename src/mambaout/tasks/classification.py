@@ -12,6 +12,7 @@ from ..errors import CheckpointError, MambaOutError
 from ..evaluate import evaluate, make_eval_loader
 from ..models import create_model, get_variant
 from ..recipe import Recipe
+from ..utils import absolute
 
 
 class ClassificationTask:
@@ -111,3 +112,6 @@ class ClassificationTask:
 
     def checkpoint_meta(self) -> dict:
         return {"class_names": list(self.classes), "img_size": self.recipe.img_size}
+
+    def data_source(self) -> dict:
+        return {"data": absolute(self.data)}

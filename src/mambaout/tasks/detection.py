@@ -20,7 +20,7 @@ from ..data.coco import (CocoDetection, DigitsDetection, coco_layout, collate_de
 from ..data.loader import checked_batches, worker_ignore_signals
 from ..distributed import Dist, all_reduce_sum, cleanup, setup
 from ..engine import RunOptions, TrainResult, fit
-from ..utils import resolve_device, unique_stem
+from ..utils import absolute, resolve_device, unique_stem
 from ..errors import CheckpointError, MambaOutError
 from ..models import SEGMENTATION_VARIANTS, create_model, get_variant
 from ..models.detection_variants import DETECTION_VARIANTS
@@ -53,6 +53,7 @@ class DetectionTask:
                  val_ann=None, val_images=None):
         self.recipe, self.data = recipe, data
         self.paths = dict(train_ann=train_ann, train_images=train_images, val_ann=val_ann, val_images=val_images)
+        self.given = dict(self.paths)          # as given (build_data fills the others from --data)
         self._val_loader = None
 
     def check(self):
@@ -138,6 +139,9 @@ class DetectionTask:
         return {"class_names": self.classes, "cat_ids": [self.label_to_cat_id[i + 1] for i in range(self.num_classes)],
                 "data": self.data,
                 "paths": {k: (str(v) if v is not None else None) for k, v in self.paths.items()}}
+
+    def data_source(self) -> dict:
+        return {"data": absolute(self.data), **{k: absolute(v) for k, v in self.given.items()}}
 
 
 def build_detector(recipe: DetRecipe, num_classes: int, pretrained=False, checkpoint_path=None):

@@ -20,7 +20,7 @@ from ..data.segmentation import (IGNORE_INDEX, DigitsSegmentation, SegFolder, Sk
                                  collate_seg_train, seg_eval_transform, seg_train_transform)
 from ..distributed import Dist, all_reduce_sum, cleanup, setup
 from ..engine import RunOptions, TrainResult, fit
-from ..utils import resolve_device, unique_stem
+from ..utils import absolute, resolve_device, unique_stem
 from ..errors import CheckpointError, MambaOutError
 from ..models import create_model, get_variant
 from ..models.segmentation_variants import SEGMENTATION_VARIANTS
@@ -142,7 +142,12 @@ class SegmentationTask:
         return {"mIoU": m["mIoU"], "mAcc": m["mAcc"], "aAcc": m["aAcc"]}
 
     def checkpoint_meta(self) -> dict:
-        return {"class_names": self.classes, "palette": self.palette, "data": self.data}
+        return {"class_names": self.classes, "palette": self.palette, "data": absolute(self.data)}
+
+    def data_source(self) -> dict:
+        names = self.class_names   # a file, or (from Python) the names themselves
+        return {"data": absolute(self.data),
+                "class_names": absolute(names) if isinstance(names, (str, Path)) else (list(names) if names else None)}
 
 
 def train_segmentation(recipe: SegRecipe, opts: RunOptions = RunOptions(), class_names=None) -> TrainResult:
