@@ -420,6 +420,21 @@ def test_validate_errors(tmp_path, capsys):
     assert code == 2 and "dataset folder not found" in capsys.readouterr().err
 
 
+def test_checkpoint_of_the_previous_format_still_resumes(tmp_path, capsys):
+    """A last.pth written before checkpoints kept their data source and run options resumes
+    with the flags of its run (the recipe still comes from the checkpoint)."""
+    data = make_folder(tmp_path / "data", per_class=(8, 2))
+    out = tmp_path / "run"
+    assert main(tiny_args(data, out, "--max-updates", "2", "--epochs", "2")) == 0
+    ck = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    for key in ("data_source", "run_options"):
+        del ck[key]
+    torch.save(ck, out / "last.pth")
+    assert main(["train", "--resume", str(out / "last.pth"), "--data", str(data), "-j", "0", "--no-progress"]) == 0
+    ck = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == 2 * 3 and ck["recipe"]["lr"] == 1e-3 and ck["data_source"]["data"] == str(data)
+
+
 def test_options_amp_ema_channels_last_checkpointing_and_resume(tmp_path):
     """bf16 autocast (CPU), EMA, channels-last, gradient checkpointing and accumulation run
     together, and the EMA weights survive a resume."""
