@@ -134,3 +134,15 @@ def test_pretrained_cfg():
     assert cfg["mean"] == (0.485, 0.456, 0.406)
     assert mambaout.pretrained_cfg("mambaout_base_plus_rw.sw_e150_in12k")["num_classes"] == 11821
     assert mambaout.pretrained_cfg("mambaout_base_wide_rw")["crop_pct"] == 0.95
+
+
+def test_unknown_model_option_is_one_line_naming_the_valid_ones():
+    """Options are checked against the constructor's signature, not its local variable names
+    (`dim` is a local of MambaOut.__init__, not an option)."""
+    for build, what in ((mambaout.create_model, "model"), (mambaout.create_backbone, "backbone")):
+        with pytest.raises(mambaout.MambaOutError) as e:
+            build("mambaout_femto", dim=3)
+        msg = str(e.value)
+        assert msg.startswith(f"unknown {what} option(s): dim; valid: ") and "kernel_size" in msg and "\n" not in msg
+    with pytest.raises(mambaout.MambaOutError, match="unknown backbone option.*num_classes"):
+        mambaout.create_backbone("mambaout_femto", num_classes=3)      # a head option: backbones have none

@@ -23,7 +23,7 @@ import torch.nn as nn
 from ..errors import MambaOutError
 from .blocks import LayerNorm, nhwc_to_nchw
 from .mambaout import MambaOut
-from .registry import get_variant, model_kwargs, pretrained_cfg
+from .registry import check_options, get_variant, model_kwargs, pretrained_cfg
 from .weights import extract_state_dict, fetch_pretrained, fit_state_dict, official_to_timm, read_checkpoint
 
 log = logging.getLogger("mambaout")
@@ -117,9 +117,7 @@ def create_backbone(name: str, out_indices: Sequence[int] = (0, 1, 2, 3), pretra
         raise MambaOutError(f"{v.name} is not a hierarchical MambaOut (arch '{v.arch}') and has no "
                             f"multi-scale backbone; use one of the 4-stage models")
     options = model_kwargs(v)
-    unknown = set(kwargs) - (set(MambaOut.__init__.__code__.co_varnames) - _HEAD_OPTIONS - {"self"})
-    if unknown:
-        raise MambaOutError(f"unknown backbone option(s): {', '.join(sorted(unknown))}")
+    check_options(MambaOut, kwargs, "backbone", exclude=_HEAD_OPTIONS)
     options.update(kwargs)
     try:
         backbone = MambaOutBackbone(out_indices=tuple(out_indices), **options)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import logging
 from typing import List, Optional, Tuple
 
@@ -116,6 +117,17 @@ def model_kwargs(v: Variant) -> dict:
     return dict(img_size=v.input_size, depth=v.depths[0], dim=v.dims[0], **v.extra)
 
 
+def check_options(cls, given, what: str, exclude=()) -> None:
+    """One line (MambaOutError) for options `cls`'s constructor does not take, naming the ones
+    it does (read from its signature, not from its local variables)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    valid = sorted(p.name for p in params if p.name != "self" and p.name not in exclude
+                   and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise MambaOutError(f"unknown {what} option(s): {', '.join(unknown)}; valid: {', '.join(valid)}")
+
+
 def create_model(name: str, pretrained: bool = False, num_classes: Optional[int] = None,
                  in_chans: int = 3, drop_path_rate: Optional[float] = None,
                  checkpoint_path=None, img_size: Optional[int] = None, **overrides):
@@ -167,9 +179,7 @@ def create_model(name: str, pretrained: bool = False, num_classes: Optional[int]
         raise MambaOutError(f"num_classes must be a non-negative integer, got {num_classes!r}")
     kwargs = model_kwargs(v)
     cls = model_class(v)
-    unknown = set(overrides) - set(cls.__init__.__code__.co_varnames)
-    if unknown:
-        raise MambaOutError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+    check_options(cls, overrides, "model")
     kwargs.update(overrides)
     if img_size is not None and v.arch == "isotropic":
         kwargs["img_size"] = img_size
