@@ -9,7 +9,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .errors import MambaOutError
+from .errors import MambaOutError, TrainingDiverged
 
 
 class _Parser(argparse.ArgumentParser):
@@ -919,7 +919,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return args.func(args)
     except MambaOutError as e:
         print(f"mambaout: error: {e}", file=sys.stderr)
-        return 3 if type(e).__name__ == "TrainingDiverged" else 2
+        return 3 if isinstance(e, TrainingDiverged) else 2
     except KeyboardInterrupt:
         print("mambaout: interrupted", file=sys.stderr)
         return 130

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import MambaOutError, require
+from .errors import MambaOutError, first_line, require
 
 log = logging.getLogger("mambaout")
 
@@ -124,7 +124,7 @@ def serve(classifier, host: str = "127.0.0.1", port: int = 7860, max_mb: float =
         demo.launch(server_name=host, server_port=port, max_file_size=int(max_mb * 1e6), show_error=True,
                     theme=theme, allowed_paths=[folder], share=False, inbrowser=False)
     except OSError as e:
-        raise MambaOutError(f"cannot serve on {host}:{port}: {str(e).splitlines()[0]}") from None
+        raise MambaOutError(f"cannot serve on {host}:{port}: {first_line(e)}") from None
     except KeyboardInterrupt:
         pass
     finally:

@@ -14,6 +14,10 @@ class CheckpointError(MambaOutError):
     """A checkpoint is missing, unreadable, unsafe, or does not fit the model."""
 
 
+class TrainingDiverged(MambaOutError):
+    """The loss became NaN or infinite (the command exits with code 3)."""
+
+
 class WriteError(MambaOutError):
     """A file could not be written (disk full, quota, permission, read-only folder): one line
     naming the file and the operating system's reason."""
@@ -24,6 +28,15 @@ class WriteError(MambaOutError):
         where = f" ({other})" if other and str(other) != str(path) and ".tmp" not in str(other) else ""
         super().__init__(f"cannot write {what + ' ' if what else ''}{path}: {reason}{where}")
         self.path, self.error = path, error
+
+
+def first_line(e: BaseException, limit: int = 300, default: str = None) -> str:
+    """The first line of an exception's message, cut to `limit` characters; without a message,
+    `default` (the exception's type name when None)."""
+    lines = str(e).strip().splitlines()
+    if lines:
+        return lines[0][:limit]
+    return type(e).__name__ if default is None else default
 
 
 def require(module: str, extra: str, purpose: str, package: str = ""):

@@ -12,6 +12,7 @@ from .data import EvalShardSampler, GuardedSamples, collate_skip_bad, eval_trans
 from .data.loader import checked_batches
 from .distributed import Dist, all_reduce_sum, setup
 from .errors import MambaOutError
+from .utils import amp_dtype as to_amp_dtype
 
 log = logging.getLogger("mambaout")
 
@@ -100,7 +101,7 @@ def validate(checkpoint=None, model_name: Optional[str] = None, pretrained: bool
     if channels_last:
         model.to(memory_format=torch.channels_last)
     loader = make_eval_loader(dataset, d, batch_size, workers)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
+    amp_dtype = to_amp_dtype(amp)
     result = evaluate(model, loader, d, amp_dtype, channels_last)
     result.update(model=info.get("model_name", getattr(model, "variant", None)), split=split,
                   img_size=size, data=data or "digits (embedded)")

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .errors import MambaOutError, require
+from .errors import MambaOutError, first_line, require
 from .utils import atomic_write
 
 log = logging.getLogger("mambaout")
@@ -86,7 +86,7 @@ def onnx_session(path, threads: Optional[int] = None):
             log.debug("int8 bias folding skipped for %s: %s", path, e)
         return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - corrupt or foreign files
-        raise MambaOutError(f"cannot load ONNX model {path}: {str(e).splitlines()[0][:200]}") from None
+        raise MambaOutError(f"cannot load ONNX model {path}: {first_line(e, 200)}") from None
 
 
 def check_parity(model: torch.nn.Module, path, fmt: str, sizes=((2, 224), (3, 160))) -> float:

@@ -11,10 +11,10 @@ from typing import List, Optional
 
 import numpy as np
 
+from .data.datasets import IMG_EXTENSIONS
 from .errors import MambaOutError, require
 
 log = logging.getLogger("mambaout")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
 # What gets int8 kernels. MatMul and Conv are nearly all of MambaOut's work; quantizing the
 # elementwise ops too (GELU, the gating Mul, the residual Add) adds a quantize/dequantize pair
 # around each and makes the model slower on CPU (measured: docs/performance.md).
@@ -31,7 +31,7 @@ def calibration_images(folder, limit: int) -> List[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise MambaOutError(f"calibration folder not found: {folder}")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
     if not files:
         raise MambaOutError(f"no images in calibration folder {folder}")
     if len(files) > limit:

@@ -43,6 +43,14 @@ def absolute(path) -> Optional[str]:
     return None if path is None else str(Path(path).resolve())
 
 
+def amp_dtype(name: Optional[str]) -> Optional[torch.dtype]:
+    """--amp's dtype: None (off), "bf16" or "fp16"."""
+    dtypes = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in dtypes:
+        raise MambaOutError(f"--amp must be bf16 or fp16, got {name}")
+    return dtypes[name]
+
+
 def resolve_device(device: str) -> torch.device:
     """'auto' (CUDA when there is one, else the CPU), 'cpu', 'cuda' or 'cuda:N'; a name PyTorch
     does not know or a GPU that is not there is one MambaOutError line."""

@@ -74,7 +74,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..errors import MambaOutError
+from ..errors import MambaOutError, first_line
 from .canvas import paste_digits
 from .datasets import READ_ERRORS, DigitsDataset, SampleFailure, load_image
 from .segmentation import SkipCounts, SkippedSample, rescale_size
@@ -195,7 +195,7 @@ def _read_json(ann_file: Path) -> dict:
         with open(ann_file, "rb") as f:
             data = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MambaOutError(f"{ann_file}: not a JSON file ({str(e).splitlines()[0][:120]})") from None
+        raise MambaOutError(f"{ann_file}: not a JSON file ({first_line(e, 120)})") from None
     except OSError as e:
         raise MambaOutError(f"cannot read annotation file {ann_file}: {e.strerror or e}") from None
     return data
@@ -293,10 +293,6 @@ def ann_to_mask(segm, h: int, w: int) -> np.ndarray:
     return mask
 
 
-def _first_line(e: Exception) -> str:
-    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-
-
 class _Categories:
     """Category ids <-> contiguous labels 1..K (sorted id order) and names."""
 
@@ -364,7 +360,7 @@ class CocoDetection(_Categories, Dataset):
                 try:
                     ann["area"] = _segm_area(ann["segmentation"], h, w)
                 except ValueError as e:  # an RLE string pycocotools cannot read
-                    drop("malformed annotation", f"{where} ({_first_line(e)})")
+                    drop("malformed annotation", f"{where} ({first_line(e, 120)})")
                     continue
             ann["iscrowd"] = int(bool(crowd))
             if not _is_int(ann.get("id")) or ann["id"] in used_ids:
@@ -415,7 +411,7 @@ class CocoDetection(_Categories, Dataset):
         except FileNotFoundError:
             return self._skip(index, path, "missing image", "no such file")
         except READ_ERRORS as e:
-            return self._skip(index, path, "unreadable image", _first_line(e))
+            return self._skip(index, path, "unreadable image", first_line(e, 120))
         if (img.height, img.width) != (h, w):
             return self._skip(index, path, "size mismatch", f"image {img.width}x{img.height}, "
                                                             f"annotation file says {w}x{h}")
@@ -431,7 +427,7 @@ class CocoDetection(_Categories, Dataset):
                 masks[k] = ann_to_mask(a["segmentation"], h, w)
             except Exception as e:  # a corrupt RLE string
                 return self._skip(index, str(self.ann_file), "unreadable annotation",
-                                  f"annotation {a['id']} of {Path(path).name}: {_first_line(e)}")
+                                  f"annotation {a['id']} of {Path(path).name}: {first_line(e, 120)}")
         target = {
             "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                                               format="XYXY", canvas_size=(h, w)),

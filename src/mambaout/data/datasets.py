@@ -21,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from ..errors import MambaOutError
+from ..errors import MambaOutError, first_line
 
 log = logging.getLogger("mambaout")
 
@@ -34,7 +34,7 @@ READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.D
 
 def read_error(e: Exception) -> str:
     """One line for a failed image read: the error's first line, or its type when it has none."""
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return first_line(e, limit=10_000)
 
 
 def readable_images(paths, errors: list):
@@ -181,7 +181,7 @@ class GuardedSamples(Dataset):
         except Exception as e:
             samples = getattr(self.dataset, "samples", None)
             source = samples[index][0] if samples else f"{type(self.dataset).__name__}[{index}]"
-            first = str(e).splitlines()[0][:200] if str(e) else ""
+            first = first_line(e, 200, default="")
             return SampleFailure(index, epoch, source, _failed_operation(e.__traceback__),
                                  f"{type(e).__name__}: {first}".rstrip(": "),
                                  "".join(traceback.format_exception(type(e), e, e.__traceback__)))

@@ -35,7 +35,8 @@ from ..data import DataPipelineError, ResumableSampler, SampleFailure, SeededSam
 from ..data.datasets import sample_seed
 from ..data.loader import worker_ignore_signals
 from ..distributed import Dist, all_reduce_sum, cleanup, setup
-from ..errors import CheckpointError, MambaOutError, WriteError
+from ..errors import CheckpointError, MambaOutError, TrainingDiverged, WriteError
+from ..utils import amp_dtype as to_amp_dtype
 from ..utils import atomic_write
 from . import logs
 from .optim import build_optimizer, build_scheduler
@@ -44,10 +45,6 @@ from .syncbn import convert_sync_batchnorm
 from .task import Task
 
 log = logging.getLogger("mambaout")
-
-
-class TrainingDiverged(MambaOutError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass
@@ -195,7 +192,7 @@ def _fit(task: Task, opts: RunOptions, d: Dist, saved: _Saved) -> TrainResult:
     peak_lr = recipe.peak_lr(d.world)
     optimizer = build_optimizer(model, recipe, peak_lr)
     scheduler = build_scheduler(optimizer, recipe, updates_per_epoch)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[opts.amp]
+    amp_dtype = to_amp_dtype(opts.amp)
     scaler = torch.amp.GradScaler(d.device.type, enabled=amp_dtype == torch.float16)
     ema = None
     if recipe.model_ema:

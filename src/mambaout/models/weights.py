@@ -18,7 +18,7 @@ from typing import Dict
 import torch
 import torch.nn as nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 
 log = logging.getLogger("mambaout")
 
@@ -41,7 +41,7 @@ def read_checkpoint(path) -> dict:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"cannot read checkpoint {path}: corrupt safetensors file ({_first_line(e)})") from None
+            raise CheckpointError(f"cannot read checkpoint {path}: corrupt safetensors file ({first_line(e)})") from None
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol chatter is not the user's problem
             warnings.simplefilter("ignore")
@@ -56,18 +56,13 @@ def read_checkpoint(path) -> dict:
                 f"are loaded") from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", full)
         raise CheckpointError(f"cannot read checkpoint {path}: corrupt file "
-                              f"({detail.group(1).strip() if detail else _first_line(e)})") from None
+                              f"({detail.group(1).strip() if detail else first_line(e)})") from None
     except Exception as e:  # noqa: BLE001 - torch.load fails in many ways (struct, zip, EOF...) on damaged files
         raise CheckpointError(f"cannot read checkpoint {path}: corrupt or not a PyTorch checkpoint "
-                              f"({_first_line(e)})") from None
+                              f"({first_line(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     return obj
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
 
 
 def extract_state_dict(obj: dict) -> Dict[str, torch.Tensor]:

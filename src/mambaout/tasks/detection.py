@@ -21,6 +21,7 @@ from ..data.loader import checked_batches, worker_ignore_signals
 from ..distributed import Dist, all_reduce_sum, cleanup, setup
 from ..engine import RunOptions, TrainResult, fit
 from ..utils import absolute, resolve_device, unique_stem
+from ..utils import amp_dtype as to_amp_dtype
 from ..errors import CheckpointError, MambaOutError
 from ..models import SEGMENTATION_VARIANTS, create_model, get_variant
 from ..models.detection_variants import DETECTION_VARIANTS
@@ -222,7 +223,7 @@ def evaluate_checkpoint(checkpoint, data: Optional[str] = None, ann=None, images
             raise MambaOutError(f"the annotations' categories differ from the {len(obj['class_names'])} the "
                                 f"checkpoint was trained on")
         model.to(d.device)
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
+        amp_dtype = to_amp_dtype(amp)
         m = evaluate_detection(model, eval_loader(dataset, d, workers, batch_size), d, dataset.coco,
                                _label_to_cat_id(obj), amp_dtype, results_file)
         m.update(model=obj["model_name"], annotations=str(ann) if ann else "digits canvases (embedded)")

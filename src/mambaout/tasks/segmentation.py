@@ -21,6 +21,7 @@ from ..data.segmentation import (IGNORE_INDEX, DigitsSegmentation, SegFolder, Sk
 from ..distributed import Dist, all_reduce_sum, cleanup, setup
 from ..engine import RunOptions, TrainResult, fit
 from ..utils import absolute, resolve_device, unique_stem
+from ..utils import amp_dtype as to_amp_dtype
 from ..errors import CheckpointError, MambaOutError
 from ..models import create_model, get_variant
 from ..models.segmentation_variants import SEGMENTATION_VARIANTS
@@ -243,7 +244,7 @@ def _evaluate_checkpoint(checkpoint, data, split, mode, ms, workers, amp, d: Dis
         dataset = SegFolder(data, split, eval_tf, reduce_zero_label=recipe.reduce_zero_label,
                             num_classes=recipe.num_classes, class_names=obj.get("class_names"))
     model.to(d.device)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
+    amp_dtype = to_amp_dtype(amp)
     r = evaluate_segmentation(model, eval_loader(dataset, d, workers), d, recipe.num_classes, recipe, amp_dtype,
                               mode=mode, ms=ms)
     r.update(model=obj["model_name"], data=data or "digits canvases (embedded)", split=split,
