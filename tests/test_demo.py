@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,6 @@ from PIL import Image
 from mambaout.cli import main
 from mambaout.errors import MambaOutError
 from mambaout.predict import Classifier, class_names_for
-from mambaout.recipe import digits_recipe
-from mambaout.train import RunOptions, train
 
 gr = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install 'mambaout[demo]'")
 from mambaout.demo import build_demo, example_images, make_predict  # noqa: E402
@@ -32,10 +29,9 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
+def digits(tmp_path_factory, digits_checkpoint):
     """A digits checkpoint from `mambaout train` (3 epochs, ~97% here) and a few of its images."""
     tmp = tmp_path_factory.mktemp("demo")
-    train(replace(digits_recipe(), epochs=3), RunOptions(output=str(tmp / "run"), workers=0, progress=False))
     from mambaout.data.datasets import DigitsDataset
     val = DigitsDataset("val", img_size=64)
     images = []
@@ -43,7 +39,7 @@ def digits(tmp_path_factory):
         path = tmp / f"digit{i}_is_{val.targets[i]}.png"
         val[i][0].save(path)
         images.append((path, str(val.targets[i])))
-    return tmp / "run" / "best.pth", images
+    return digits_checkpoint, images
 
 
 @pytest.fixture(scope="module")

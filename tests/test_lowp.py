@@ -2,7 +2,6 @@
 the bf16/int8 benchmark rows with the ISA report, and one-line errors for missing extras."""
 import json
 import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,15 +9,11 @@ from PIL import Image
 
 from mambaout import benchmark as bench
 from mambaout.cli import main
-from mambaout.recipe import digits_recipe
-from mambaout.train import RunOptions, train
 
 
 @pytest.fixture(scope="module")
-def digits_ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lowp") / "run"
-    train(replace(digits_recipe(), epochs=3), RunOptions(output=str(out), workers=0, progress=False))
-    return out / "best.pth"
+def digits_ckpt(digits_checkpoint):
+    return digits_checkpoint
 
 
 def run_json(capsys, args):
