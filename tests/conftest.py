@@ -13,6 +13,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Run the test on one intra-op thread (restored after): for bitwise comparisons of runs
+    whose kernels are not reproducible across thread timings (Mask R-CNN training, see
+    test_detect.test_resume_equals_uninterrupted)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def digits_checkpoint(tmp_path_factory):
     """best.pth of `mambaout train` on the embedded digits (3 epochs, ~97%), trained once per

@@ -73,7 +73,10 @@ def test_eval_ap_equals_rescored_results_json(trained, coco, tmp_path):
         assert m[key] == pytest.approx(100 * max(ev.stats[0], 0), abs=1e-6)
 
 
-def test_resume_equals_uninterrupted(coco, tmp_path):
+def test_resume_equals_uninterrupted(coco, tmp_path, one_thread):
+    # One thread: with two, Mask R-CNN training is not bitwise reproducible from run to run on
+    # a loaded CPU (two identical in-process runs differed in the FPN's P5 conv weight, last
+    # bits; classification and UperNet did not), so the comparison would hold only by timing.
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     r = tiny_recipe(epochs=2)
     train_detection(r, RunOptions(output=str(ref), workers=0, progress=False), **coco)
