@@ -35,7 +35,6 @@ class StepLog:
         rows = []
         if path.exists() and global_step > 0:
             rows = [r for r in path.read_text().splitlines()[1:] if r and int(r.split(",")[0]) <= global_step]
-        self.f = None
         self.f = self._guard(lambda: open(path, "w"))
         self.write("step,epoch,update,loss,lr\n" + "".join(r + "\n" for r in rows))
 
