@@ -445,8 +445,7 @@ def _epochs(total_updates: int, updates_per_epoch: int) -> int:
 def _check_options(r, opts: RunOptions):
     if r.batch_size <= 0 or r.grad_accum_steps <= 0:
         raise MambaOutError("--batch-size and --grad-accum-steps must be positive")
-    if opts.amp not in (None, "bf16", "fp16"):
-        raise MambaOutError(f"--amp must be bf16 or fp16, got {opts.amp}")
+    to_amp_dtype(opts.amp)   # one line for an unknown --amp, before any data is read
     if opts.pretrained and opts.initial_checkpoint:
         raise MambaOutError("give --pretrained or --initial-checkpoint, not both")
 
