@@ -30,7 +30,7 @@ def digits_checkpoint(tmp_path_factory):
     test run and shared by the tests that need a real trained classifier (demo, low precision)."""
     from dataclasses import replace
     from mambaout.recipe import digits_recipe
-    from mambaout.train import RunOptions, train
+    from mambaout.tasks.classification.train import RunOptions, train
     out = tmp_path_factory.mktemp("digits") / "run"
     train(replace(digits_recipe(), epochs=3), RunOptions(output=str(out), workers=0, progress=False))
     return out / "best.pth"

@@ -47,3 +47,28 @@ def timm_to_official(sd):
         k = k.replace("head.fc.", "head.fc2.")
         out[k] = v
     return out
+
+
+def randomize(module, seed=0):
+    """Random LayerNorm affines, biases and layer scales (so folding matters) around realistic
+    weight scales, giving logits of order 1-10 like a trained model's."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            r = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            if p.ndim > 1:
+                p.copy_(r * 0.04)
+            elif name.endswith("bias"):
+                p.copy_(r * 0.1)
+            else:                                   # norm weights, layer scale
+                p.copy_(1.0 + 0.2 * r)
+    return module
+
+
+def set_fast(model, flag):
+    """Switch every Gated CNN block of `model` to the fast (True) or reference (False) path."""
+    from mambaout.models.blocks import GatedCNNBlock
+    for m in model.modules():
+        if isinstance(m, GatedCNNBlock):
+            m.fast = flag
+    return model

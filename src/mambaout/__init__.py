@@ -4,8 +4,8 @@ from .models import (DETECTION_VARIANTS, SEGMENTATION_VARIANTS, VARIANTS, GatedC
                      MambaOutBackbone, MambaOutMaskRCNN, UperNetSegmentor, create_backbone, create_mask_rcnn,
                      create_model, get_variant, list_detection_models, list_models,
                      list_segmentation_models, load_checkpoint, pretrained_cfg)
-from .complexity import count_macs, count_params
-from .cam import grad_cam   # pytorch-grad-cam is imported only when a map is asked for
+from .analysis.complexity import count_macs, count_params
+from .analysis.cam import grad_cam   # pytorch-grad-cam is imported only when a map is asked for
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "create_backbone", "create_mask_rcnn", "list_models", "list_segmentation_models",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -35,6 +35,20 @@ def atomic_write(path, write: Callable[[str], None]) -> Path:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def write_csv(rows: Sequence[dict], path, fieldnames: Optional[Sequence[str]] = None) -> Path:
+    """`rows` as a CSV file with a header, written atomically (atomic_write). The columns:
+    `fieldnames`, default the first row's keys."""
+    import csv
+    rows = list(rows)
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(fieldnames or rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return atomic_write(path, write)
 
 
 def absolute(path) -> Optional[str]:

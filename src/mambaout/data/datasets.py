@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..errors import MambaOutError, first_line
+from ..utils import unique_stem
 
 log = logging.getLogger("mambaout")
 
@@ -37,16 +38,28 @@ def read_error(e: Exception) -> str:
     return first_line(e, limit=10_000)
 
 
-def readable_images(paths, errors: list):
-    """(path, RGB image) for each of `paths` that opens; the others are appended to `errors` as
-    {"image": path, "error": one line} (what the predict commands report and exit 1 on)."""
+def predict_to_folder(paths, output, predict_one, read=None) -> dict:
+    """The loop of every command that writes per-image results to a folder (segment predict,
+    detect predict, cam): `output` is created; for each image `predict_one(path, image, stem,
+    out)` writes its files and returns the image's report entry (stem: the file name stem,
+    unique within the run). An image that cannot be read (`read(path)`, default load_image;
+    MambaOutError or a read error) is reported in "errors" as {"image", "error": one line} and
+    the others go on. Returns {"written": [entries], "errors": [...]}."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    read = read or load_image
+    written, errors, used = [], [], set()
     for path in paths:
         try:
-            img = load_image(path)
-        except READ_ERRORS as e:
-            errors.append({"image": str(path), "error": read_error(e)})
+            image = read(path)
+        except MambaOutError as e:
+            errors.append({"image": str(path), "error": str(e)})
             continue
-        yield path, img
+        except READ_ERRORS as e:
+            errors.append({"image": str(path), "error": f"cannot read {path}: {read_error(e)}"})
+            continue
+        written.append(predict_one(path, image, unique_stem(path, used), out))
+    return {"written": written, "errors": errors}
 
 
 def load_image(path) -> Image.Image:

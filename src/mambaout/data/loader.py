@@ -15,6 +15,8 @@ import multiprocessing
 import multiprocessing.util  # registers multiprocessing's exit hook before ours (see below)
 import signal
 
+from torch.utils.data import DataLoader
+
 _JOIN_TIMEOUT_S = 5.0
 
 
@@ -58,6 +60,18 @@ def checked_batches(loader):
         yield raising(it)
     finally:
         shutdown_workers(it)
+
+
+def eval_loader(dataset, dist, batch_size: int, workers: int, collate_fn) -> DataLoader:
+    """The evaluation loader every task uses: each sample on exactly one process
+    (EvalShardSampler), read errors caught per sample (GuardedSamples) and handed to the task's
+    `collate_fn`, workers that leave signals to the main process."""
+    from .datasets import GuardedSamples
+    from .samplers import EvalShardSampler
+    return DataLoader(GuardedSamples(dataset), batch_size=batch_size,
+                      sampler=EvalShardSampler(len(dataset), dist.rank, dist.world), num_workers=workers,
+                      collate_fn=collate_fn, pin_memory=dist.device.type == "cuda", persistent_workers=False,
+                      worker_init_fn=worker_ignore_signals)
 
 
 @atexit.register

@@ -1,6 +1,8 @@
 """Train and eval transforms, built with timm's data pipeline."""
 from __future__ import annotations
 
+from typing import Tuple
+
 from PIL import Image
 from timm.data import create_transform
 from timm.data import auto_augment as timm_aa
@@ -69,3 +71,11 @@ def _augment_ops(transform):
         children.extend(transform)
     for child in children:
         yield from _augment_ops(child)
+
+
+def rescale_size(h: int, w: int, scale: Tuple[int, int]) -> Tuple[int, int]:
+    """(new_h, new_w) of an image fitted within `scale` keeping its aspect ratio (mmcv's
+    rescale_size): long side <= max(scale), short side <= min(scale), so the factor is
+    min(max(scale) / long, min(scale) / short); sides rounded half up."""
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    return int(h * factor + 0.5), int(w * factor + 0.5)

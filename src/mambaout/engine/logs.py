@@ -2,13 +2,12 @@
 per validation), curves.png, TensorBoard scalars, and the progress bar."""
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import List, Sequence
 
-from ..errors import MambaOutError, WriteError, require
-from ..utils import atomic_write
+from ..errors import WriteError, require
+from ..utils import atomic_write, write_csv
 
 log = logging.getLogger("mambaout")
 
@@ -56,12 +55,7 @@ class StepLog:
 
 def write_logs(out: Path, history: List[dict], tb, metric_keys: Sequence[str], x_key: str):
     """metrics.csv (atomically), the latest row to TensorBoard, curves.png."""
-    def write_csv(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(history[0]))
-            w.writeheader()
-            w.writerows(history)
-    atomic_write(out / "metrics.csv", write_csv)
+    write_csv(history, out / "metrics.csv")
     if tb is not None:
         row = history[-1]
         for k in ("val_loss", *metric_keys):

@@ -14,7 +14,7 @@ import os
 from dataclasses import fields, replace
 from typing import Any, Dict, List, Tuple
 
-from ..errors import MambaOutError
+from ..errors import CheckpointError, MambaOutError
 
 # Run options a checkpoint keeps and a resumed run takes back when the command line does not
 # give them; device and workers belong to the machine and are only reported when they change.
@@ -97,6 +97,12 @@ def options_on_resume(stored: Dict[str, Any], opts) -> Tuple[Any, List[str]]:
     return replace(opts, **changes), notes
 
 
+def check_same_model(obj: dict, recipe, path) -> None:
+    """A run resumes only the model it was training."""
+    if obj["model_name"] != recipe.model:
+        raise CheckpointError(f"cannot resume: {path} trains {obj['model_name']}, this run trains {recipe.model}")
+
+
 def check_resume(obj: dict, recipe, source: Dict[str, Any], opts, path) -> List[str]:
     """Raise MambaOutError if `recipe` or `source` would make the run of checkpoint `obj`
     another run; the notes on what changes (for the log) otherwise. Checkpoints written before
@@ -118,7 +124,7 @@ def plan_resume(path, recipe_cls, recipe_given: Dict[str, Any], source_given: Di
     """What `--resume path` plus the given flags runs: (recipe, data source, run options), all
     from the checkpoint except what was given (checked as above). The engine checks the same
     again (check_resume), so a library caller passing its own recipe gets the same errors."""
-    from ..checkpoint import read_training_checkpoint
+    from .checkpoint import read_training_checkpoint
     obj = read_training_checkpoint(path)
     recipe, _ = recipe_on_resume(recipe_cls.from_dict(obj.get("recipe", {})), recipe_given, path)
     source = (source_on_resume(obj["data_source"], source_given, path) if "data_source" in obj

@@ -54,10 +54,13 @@ class Task(Protocol):
     @property
     def num_classes(self) -> int: ...
 
-    def build_model(self, pretrained: bool, initial_checkpoint: Optional[str], resume: bool) -> nn.Module: ...
+    def build_model(self, pretrained: bool, initial_checkpoint: Optional[str]) -> nn.Module:
+        """The model with released weights (`pretrained`) or an initial checkpoint's, else
+        initialised; when resuming, the engine passes neither and loads the checkpoint itself."""
 
-    def check_resume(self, ckpt: dict, path: str) -> None:
-        """Raise CheckpointError if `ckpt` was written by another task, model or dataset."""
+    # Optional: check_resume(self, ckpt: dict, path: str) -> None raises CheckpointError for a
+    # checkpoint of this task and model that the task still cannot continue (the engine has
+    # checked the task, the model name, the recipe and the data source).
 
     def train_inputs(self, batch: Any, device: torch.device) -> Tuple[Any, Any]:
         """(inputs, targets) on the device, after batch-level augmentation (mixup)."""

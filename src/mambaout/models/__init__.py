@@ -1,6 +1,7 @@
 from .blocks import GatedCNNBlock, MlpHead, Stem, Downsample
 from .mambaout import MambaOut, MambaOutStage
-from .registry import (create_model, get_variant, list_detection_models, list_models, list_segmentation_models,
+from .factory import create_model
+from .registry import (get_variant, list_detection_models, list_models, list_segmentation_models,
                        pretrained_cfg)
 from .backbone import MambaOutBackbone, create_backbone
 from .segmentation_variants import SEGMENTATION_VARIANTS, SegVariant

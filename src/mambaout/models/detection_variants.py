@@ -8,7 +8,7 @@ both as printed; box AP and mask AP on val2017). Femto and Kobe have no paper nu
 The paper's "FLOPs" are what mmdetection's tools/get_flops.py prints, i.e. multiply-adds
 counted with mmcv's module table on the detector's forward_dummy (backbone, FPN and RPN
 head on the image, box head on 1000 RoIs, mask head on the first 100 of them); see
-complexity.py for how we reproduce that count.
+analysis/complexity.py for how we reproduce that count.
 
 Drop path: the paper does not give it for detection, and the authors' answer on official
 issue #251 (Tiny 0.3, Small 0.3-0.4, Base 0.6) was about their ADE20K runs (the 160k-

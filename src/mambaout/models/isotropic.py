@@ -15,7 +15,7 @@ fully-visible ViTs of Table 11, and the isotropic MambaOut of Table 5.
               Causal; bidirectional=True adds a reversed scan (Vim).
 
     Table 8 (CIFAR, 32x32, patch 4 -> 64 tokens, 12 layers, mean pooling), with the
-    MAC counter of complexity.py (fvcore convention; the scan per VMamba's formula):
+    MAC counter of analysis/complexity.py (fvcore convention; the scan per VMamba's formula):
 
         mixer             dim   params    MACs      paper
         conv               64   0.684M    43.3M     0.7M  43M

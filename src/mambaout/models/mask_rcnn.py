@@ -68,7 +68,7 @@ class MambaOutFPN(nn.Module):
 
 class MambaOutMaskRCNN(MaskRCNN):
     """torchvision's MaskRCNN (unchanged behaviour) plus `forward_dummy`, the pass whose
-    multiply-adds the paper reports (see complexity.py)."""
+    multiply-adds the paper reports (see analysis/complexity.py)."""
 
     @torch.no_grad()
     def forward_dummy(self, images: torch.Tensor, num_proposals: int = FLOPS_PROPOSALS,

@@ -3,7 +3,7 @@
 Each row names a backbone of `variants.VARIANTS` and adds what only the segmentation
 model has: the drop path its backbone is trained with on ADE20K and the paper's
 numbers (UperNet, ADE20K; params in M and MACs in G at 512 x 2048, both as printed,
-MACs counted as mmcv's get_flops does, see complexity.py; mIoU single- and
+MACs counted as mmcv's get_flops does, see analysis/complexity.py; mIoU single- and
 multi-scale). Sources: the main paper's ADE20K table (Tiny, Small, Base) and
 supplementary Table 3 (Tiny with depthwise kernel 3 / 5 / 7 / 9 / 11; kernel 7 is
 MambaOut-Tiny). Femto and Kobe have no paper numbers.

@@ -40,10 +40,10 @@ recurrence on CPU once a step's state reaches RECURRENCE_STATE (2^14) elements, 
 the chunked scan otherwise and off CPU, where we expect (not measured here) the
 recurrence's L sequential steps of small kernels to cost most.
 
-MACs: the counter (complexity.py) would otherwise count whatever matmuls the chunked
+MACs: the counter (analysis/complexity.py) would otherwise count whatever matmuls the chunked
 scan happens to use. The paper's Table 8 SSM numbers fit VMamba's convention for the
 selective scan, 9 * L * C * N plus L * C for the D skip per direction, so
-`SelectiveSSM` declares that number for the scan (complexity.declare_macs); its x_proj
+`SelectiveSSM` declares that number for the scan (costs.declare_macs); its x_proj
 and dt_proj count as ordinary Linear layers.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .. import complexity
+from . import costs
 
 # Tokens per chunk. A chunk's decays are a (batch, T (T + 1) / 2, channels, d_state)
 # tensor: the work grows with T while the Python loop shrinks with it. 2 was the fastest
@@ -259,7 +259,7 @@ class SelectiveSSM(nn.Module):
             big = batch * channels * self.d_state >= RECURRENCE_STATE
             chunk = 0 if big and x.device.type == "cpu" else DEFAULT_CHUNK
         args = (x.float(), delta.float(), A, B.float(), C.float(), getattr(self, "D" + sfx).float())
-        with complexity.declare_macs(scan_macs(batch, length, channels, self.d_state)):
+        with costs.declare_macs(scan_macs(batch, length, channels, self.d_state)):
             y = selective_scan(*args, chunk=chunk) if chunk else selective_scan_ref(*args)
         return y.to(x.dtype)
 

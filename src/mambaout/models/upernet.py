@@ -9,8 +9,8 @@ concatenated, a 3x3 `fpn_bottleneck`, 2D dropout 0.1 and a 1x1 classifier `conv_
 Auxiliary head (FCNHead, 256 channels) on the stride-16 map: one 3x3 conv, dropout
 0.1, 1x1 classifier; its loss is weighted by 0.4 during training and it is not run
 at inference. Every conv except the classifiers is conv (no bias) -> BatchNorm ->
-ReLU; for multi-GPU training the caller converts the model with
-`nn.SyncBatchNorm.convert_sync_batchnorm`. Upsampling is bilinear with
+ReLU; for multi-GPU training the engine converts the BatchNorms to synchronised ones
+(engine/syncbn.py: SyncBatchNorm on GPUs, an all-reduce BatchNorm on CPU). Upsampling is bilinear with
 align_corners=False throughout. Module names follow mmsegmentation's
 (`decode_head.psp_modules`, `lateral_convs`, `fpn_convs`, `fpn_bottleneck`, ...).
 """

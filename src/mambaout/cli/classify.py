@@ -1,0 +1,230 @@
+"""The classification commands: train, validate, predict, cam, demo, export, convert."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from ..errors import MambaOutError
+from ..tasks.classification.recipe import Recipe, digits_recipe
+from .common import _add_run_flags, _add_train_run_flags, _amp, _plan, _report_images
+from .flags import RecipeFlags
+
+# The Recipe fields `mambaout train` has flags for, in --help order (--aa sets auto_augment);
+# flags left at None keep the recipe's value.
+TRAIN_FLAGS = RecipeFlags(Recipe, (
+    "model", "epochs", "batch_size", "grad_accum_steps", "lr", "lr_base", "lr_base_size", "opt", "opt_eps",
+    "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad", "img_size", ("aa", "auto_augment"),
+    "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "reprob", "smoothing", "drop_path", "drop", "hflip",
+    "scale", "ratio", "crop_pct", "model_ema", "model_ema_decay", "seed",
+), defaults=(("Table 2", Recipe), ("digits", digits_recipe)))
+RECIPE_FLAGS = TRAIN_FLAGS.flags   # flag (dest) -> Recipe field
+
+
+def recipe_changes(args) -> dict:
+    changes = TRAIN_FLAGS.given(args)
+    if changes.get("auto_augment") in ("none", ""):
+        changes["auto_augment"] = None
+    return changes
+
+
+def recipe_from_args(args, changes: Optional[dict] = None):
+    """Table 2 when --data is given; the digits recipe otherwise."""
+    from dataclasses import replace
+    recipe = replace(Recipe() if args.data else digits_recipe(), **(recipe_changes(args) if changes is None else changes))
+    if args.data and args.img_size is None:  # the model's own size (32 for the CIFAR study models)
+        from ..models import get_variant
+        recipe.img_size = get_variant(recipe.model).input_size
+    return recipe
+
+
+def cmd_train(args) -> int:
+    from ..tasks.classification.train import train
+    recipe, _, opts = _plan(args, Recipe, recipe_changes(args), {"data": args.data},
+                            lambda given: recipe_from_args(args, given))
+    result = train(recipe, opts)
+    if result.status == "finished":
+        print(f"done: best top-1 {result.best:.2f}%, final top-1 {result.final:.2f}% "
+              f"after {result.epochs_run} epochs; checkpoints and logs in {result.output}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from ..tasks.classification.evaluate import validate
+    amp = _amp(args)
+    r = validate(args.checkpoint, args.model, args.pretrained, args.data, args.split, args.batch_size,
+                 args.workers, args.img_size, args.crop_pct, args.device, amp, args.channels_last,
+                 onnx=args.onnx, bf16=args.bf16)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"{r['model']} on {r['data']} [{r['split']}], {r['images']} images at {r['img_size']}px: "
+              f"top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%, loss {r['loss']:.4f}"
+              + (f" ({r['skipped']} unreadable images skipped)" if r["skipped"] else ""))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from ..tasks.classification.predict import predict
+    r = predict(args.images, args.checkpoint, args.model, args.pretrained, args.top_k, args.batch_size,
+                args.img_size, args.device, onnx=args.onnx)
+
+    def show(p):
+        print(p["image"])
+        for t in p["topk"]:
+            print(f"  {100 * t['prob']:6.2f}%  {t['label']}  (class {t['index']})")
+    return _report_images(r, "predictions", show, args.json)
+
+
+def cmd_cam(args) -> int:
+    from ..analysis.cam import explain_images
+    from ..tasks.classification.predict import Classifier
+    if not args.images:
+        raise MambaOutError("no images given")
+    clf = Classifier.load(args.checkpoint, args.model, args.pretrained, args.img_size, args.device)
+    r = explain_images(args.images, clf, args.output, target=args.target, method=args.method, layer=args.layer,
+                       save_npy=args.save_npy)
+    return _report_images(r, "results", lambda e: print(f"{e['image']}: {e['label']} ({100 * e['prob']:.1f}%) -> "
+                                                        f"{e['overlay']}"), args.json)
+
+
+def cmd_demo(args) -> int:
+    from ..deploy.demo import serve
+    from ..tasks.classification.predict import Classifier
+    if args.max_mb <= 0:
+        raise MambaOutError(f"--max-mb must be positive, got {args.max_mb}")
+    clf = Classifier.load(args.checkpoint, args.model, args.pretrained, args.img_size, args.device, random_ok=True)
+    return serve(clf, host=args.host, port=args.port, max_mb=args.max_mb, method=args.method, layer=args.layer)
+
+
+def cmd_export(args) -> int:
+    from ..deploy.export import export
+    r = export(args.model, args.format, args.output, args.checkpoint, args.pretrained, args.img_size,
+               args.opset, check=not args.no_check, quantize=args.quantize, calibration=args.calibration,
+               calibration_images=args.calibration_images, calibration_method=args.calibration_method)
+    if args.json:
+        print(json.dumps(r))
+    elif args.quantize:
+        print(f"wrote {r['output']} (int8 QDQ ONNX, {r['model']}, {r['num_classes']} classes; calibrated on "
+              f"{r['calibration_images']} images of {r['calibration']}; top-1 agrees with fp32 on "
+              f"{100 * r['int8_top1_agreement']:.1f}% of them, max abs logit diff {r['int8_max_abs_diff']:.3g})")
+    else:
+        parity = f", max abs diff vs PyTorch {r['max_abs_diff']:.2e}" if "max_abs_diff" in r else ""
+        print(f"wrote {r['output']} ({r['format']}, {r['model']}, {r['num_classes']} classes, "
+              f"dynamic batch{' and image size' if r['dynamic_size'] else ''}{parity})")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    """Load a checkpoint in any supported layout and save it as safetensors in ours (= timm's)."""
+    from safetensors.torch import save_file
+    from ..models import create_model
+    from ..utils import atomic_write
+    model = create_model(args.model, num_classes=args.num_classes, checkpoint_path=args.checkpoint)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    meta = {"architecture": model.variant, "num_classes": str(model.num_classes), "format": "timm"}
+    atomic_write(args.output, lambda tmp: save_file(sd, tmp, metadata=meta))
+    print(f"wrote {args.output}: {model.variant}, {len(sd)} tensors, timm layout")
+    return 0
+
+
+def add_train_parser(sub):
+    s = sub.add_parser("train", help="train or fine-tune (Table 2 recipe; embedded digits set without --data)")
+    s.add_argument("--data", help="ImageFolder root with train/<class>/* and val/<class>/*")
+    TRAIN_FLAGS.add(s, "model")
+    g = s.add_argument_group("recipe (defaults: Table 2 with --data, the digits recipe without)")
+    TRAIN_FLAGS.add(g, "epochs", "seed")
+    _add_train_run_flags(s)
+    s.set_defaults(func=cmd_train)
+
+
+def add_validate_parser(sub):
+    s = sub.add_parser("validate", help="top-1/top-5/loss of a checkpoint on an ImageFolder split or the digits set")
+    s.add_argument("--checkpoint", help="training checkpoint, or weights file with --model")
+    s.add_argument("--model")
+    s.add_argument("--pretrained", action="store_true")
+    s.add_argument("--data", help="ImageFolder root (uses <data>/<split>/ if present); default: digits")
+    s.add_argument("--split", default="val")
+    s.add_argument("-b", "--batch-size", type=int, default=128)
+    s.add_argument("--img-size", type=int)
+    s.add_argument("--crop-pct", type=float)
+    s.add_argument("--json", action="store_true")
+    _add_run_flags(s)
+    s.add_argument("--onnx", help="evaluate this exported (fp32 or int8) ONNX file with ONNX Runtime")
+    s.add_argument("--bf16", action="store_true", help="bf16 weights and inputs (--amp: autocast instead)")
+    s.set_defaults(func=cmd_validate)
+
+
+def add_predict_parser(sub):
+    s = sub.add_parser("predict", help="top-k classes for image files")
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("--checkpoint")
+    s.add_argument("--model")
+    s.add_argument("--pretrained", action="store_true")
+    s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("-b", "--batch-size", type=int, default=32)
+    s.add_argument("--img-size", type=int)
+    s.add_argument("--onnx", help="run this exported ONNX file through ONNX Runtime instead")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_predict)
+
+
+def add_cam_parser(sub):
+    from ..analysis.cam import METHODS
+    s = sub.add_parser("cam", help="Grad-CAM overlays (PNG, titled with class and probability) for image files")
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("--checkpoint")
+    s.add_argument("--model")
+    s.add_argument("--pretrained", action="store_true")
+    s.add_argument("--class", dest="target", metavar="K", help="class index or name (default: each image's top class)")
+    s.add_argument("--method", default="gradcam", choices=list(METHODS))
+    s.add_argument("--layer", help="module name of the maps (default: the last stage with at least 4x4 cells; stages.3 from 128 px up)")
+    s.add_argument("-o", "--output", required=True, metavar="DIR")
+    s.add_argument("--save-npy", action="store_true", help="also the raw map at the input size (float32 .npy)")
+    s.add_argument("--img-size", type=int)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_cam)
+
+
+def add_demo_parser(sub):
+    from ..analysis.cam import METHODS
+    s = sub.add_parser("demo", help="browser demo (Gradio): upload an image, see the top-5 classes and Grad-CAM")
+    s.add_argument("--checkpoint")
+    s.add_argument("--model")
+    s.add_argument("--pretrained", action="store_true")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--max-mb", type=float, default=20.0, help="largest upload accepted, in MB (default 20)")
+    s.add_argument("--method", default="gradcam", choices=list(METHODS))
+    s.add_argument("--layer")
+    s.add_argument("--img-size", type=int)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_demo)
+
+
+def add_export_parser(sub):
+    s = sub.add_parser("export", help="export to ONNX or TorchScript, checked against PyTorch")
+    s.add_argument("model")
+    s.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--checkpoint")
+    s.add_argument("--pretrained", action="store_true")
+    s.add_argument("--img-size", type=int)
+    s.add_argument("--opset", type=int, default=17)
+    s.add_argument("--no-check", action="store_true", help="skip the parity check")
+    s.add_argument("--quantize", choices=["int8"], help="int8 static quantization (ONNX Runtime, QDQ, per-channel)")
+    s.add_argument("--calibration", metavar="DIR", help="images to calibrate int8 on (default: the digits set)")
+    s.add_argument("--calibration-images", type=int, default=64)
+    s.add_argument("--calibration-method", default="minmax", choices=["minmax", "percentile", "entropy"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_export)
+
+
+def add_convert_parser(sub):
+    s = sub.add_parser("convert", help="re-save an official/timm checkpoint as safetensors (timm layout)")
+    s.add_argument("model")
+    s.add_argument("--checkpoint", required=True, help=".pth/.pt/.bin/.safetensors file")
+    s.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    s.add_argument("--num-classes", type=int, default=None)
+    s.set_defaults(func=cmd_convert)

@@ -1,0 +1,94 @@
+"""The classification recipe as data. Defaults are Table 2 of the supplementary (ImageNet-1k).
+
+Two values are not in Table 2 and come from the official train.py (timm 0.6.11
+defaults): warmup starts at 1e-6 and cosine decay ends at 1e-5. Table 2's repeated
+augmentation is off and has no field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Optional, Tuple
+
+from ...engine.recipe import RecipeData
+
+
+@dataclass
+class Recipe(RecipeData):
+    # A field's metadata: "help" (with "none", what None means, and "metavar") for its flag of
+    # `mambaout train`, whose help adds the default (cli/flags.py).
+
+    # what a resumed run may change (engine/resume.py): more epochs (the schedule follows)
+    resume_may_change: ClassVar[Tuple[str, ...]] = ("epochs",)
+    model: str = field(default="mambaout_tiny", metadata={"help": "the variant to train"})
+    img_size: int = field(default=224, metadata={"help": "input resolution"})
+    epochs: int = field(default=300, metadata={"help": "epochs to train"})
+    # Batch: the paper trains with a global batch of 4096. Ours is
+    # processes x batch_size x grad_accum_steps; the lr is scaled linearly to it.
+    batch_size: int = field(default=128, metadata={"help": "per process"})
+    grad_accum_steps: int = field(default=1, metadata={"help": "batches accumulated into one optimizer update"})
+    lr_base: float = field(default=4e-3, metadata={"help": "peak lr at a global batch of lr-base-size"})
+    lr_base_size: int = field(default=4096, metadata={"help": "the global batch of lr-base"})
+    lr: Optional[float] = field(default=None, metadata={     # overrides the scaling rule
+        "help": "absolute peak lr", "none": "lr-base x global batch / lr-base-size"})
+    opt: str = field(default="adamw", metadata={"help": "optimizer, a timm name"})
+    opt_eps: float = field(default=1e-8, metadata={"help": "optimizer epsilon"})
+    opt_betas: Tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = field(default=0.05, metadata={     # not on norms, biases, layer scale
+        "help": "weight decay, not on norms, biases, layer scale"})
+    sched: str = "cosine"
+    warmup_epochs: float = field(default=20, metadata={"help": "linear warmup epochs"})
+    warmup_lr: float = field(default=1e-6, metadata={"help": "lr at the start of the warmup"})
+    min_lr: float = field(default=1e-5, metadata={"help": "lr at the end of the cosine decay"})
+    clip_grad: Optional[float] = field(default=None, metadata={   # Table 2: none
+        "help": "gradient norm clipping"})
+    auto_augment: Optional[str] = field(default="rand-m9-mstd0.5-inc1", metadata={   # RandAugment 9/0.5
+        "help": "RandAugment policy, e.g. rand-m9-mstd0.5-inc1, or none"})
+    mixup: float = field(default=0.8, metadata={"help": "Mixup alpha"})
+    cutmix: float = field(default=1.0, metadata={"help": "CutMix alpha"})
+    mixup_switch_prob: float = field(default=0.5, metadata={"help": "probability of CutMix instead of Mixup"})
+    mixup_prob: float = field(default=1.0, metadata={"help": "probability of Mixup or CutMix per batch"})
+    reprob: float = field(default=0.25, metadata={"help": "random erasing probability"})
+    smoothing: float = field(default=0.1, metadata={"help": "label smoothing"})
+    drop_path: Optional[float] = field(default=None, metadata={   # femto .025, tiny .2, small .4, base .6
+        "help": "stochastic depth", "none": "per model"})
+    drop: float = field(default=0.0, metadata={"help": "head dropout"})
+    model_ema: bool = field(default=False, metadata={    # Table 2: no EMA
+        "help": "also keep an exponential moving average of the weights"})
+    model_ema_decay: float = field(default=0.9999, metadata={"help": "decay of the weights' moving average"})
+    interpolation: str = "bicubic"
+    crop_pct: float = field(default=1.0, metadata={   # eval: resize to img_size / crop_pct, center crop
+        "help": "eval crop fraction"})
+    scale: Tuple[float, float] = field(default=(0.08, 1.0), metadata={   # timm's default, not in Table 2
+        "help": "random-resized-crop area range, fractions of the image", "metavar": ("MIN", "MAX")})
+    ratio: Tuple[float, float] = field(default=(3 / 4, 4 / 3), metadata={   # timm's default
+        "help": "random-resized-crop aspect-ratio range", "metavar": ("MIN", "MAX")})
+    hflip: float = field(default=0.5, metadata={"help": "horizontal flip probability"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+
+    def peak_lr(self, world_size: int = 1) -> float:
+        """lr_base scaled linearly with the real global batch, unless `lr` is set."""
+        if self.lr is not None:
+            return self.lr
+        return self.lr_base * self.global_batch(world_size) / self.lr_base_size
+
+    def total_updates(self, updates_per_epoch: int) -> int:
+        return self.epochs * updates_per_epoch
+
+    def val_interval(self, updates_per_epoch: int) -> int:
+        return updates_per_epoch                # validate after every epoch
+
+    def drop_path_rate(self) -> float:
+        if self.drop_path is not None:
+            return self.drop_path
+        from ...models import get_variant
+        return get_variant(self.model).drop_path
+
+
+
+def digits_recipe() -> Recipe:
+    """The recipe for the embedded digits set (1442 train images of 8x8 digits, shown at 32x32):
+    the paper's optimiser and schedule shape, with augmentation suited to digits (no flips,
+    no RandAugment/Mixup/CutMix, mild crops) and a budget of a few CPU minutes."""
+    return replace(Recipe(), model="mambaout_femto", img_size=32, epochs=20, batch_size=64,
+                   lr=2e-3, warmup_epochs=2, min_lr=1e-5, auto_augment=None, mixup=0.0, cutmix=0.0,
+                   reprob=0.0, hflip=0.0, scale=(0.6, 1.0), drop_path=0.0)

@@ -1,0 +1,115 @@
+"""Image classification as a task of the training engine: ImageFolder / CIFAR / embedded digits
+data, a MambaOut classifier, Mixup/CutMix and label smoothing, top-1/top-5 evaluation."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ...data import build_datasets, collate_skip_bad, recipe_transforms
+from ...errors import CheckpointError, MambaOutError
+from ...data.loader import eval_loader
+from .evaluate import evaluate
+from ...models import create_model, get_variant
+from .recipe import Recipe
+from ...utils import absolute
+
+
+class ClassificationTask:
+    name = "classification"
+    command = "train"
+    score_key = "top1"
+    metric_keys = ("top1", "top5")
+    per_epoch = True
+
+    def __init__(self, recipe: Recipe, data: Optional[str] = None):
+        self.recipe, self.data = recipe, data
+        self.classes = None
+        self._val_loader = None
+
+    def check(self):
+        r = self.recipe
+        r.model = get_variant(r.model).name
+        if r.epochs <= 0 or r.img_size <= 0:
+            raise MambaOutError("--epochs and --img-size must be positive")
+        if (r.mixup > 0 or r.cutmix > 0) and r.batch_size % 2:
+            raise MambaOutError(f"--batch-size must be even with mixup/cutmix (got {r.batch_size})")
+        if not 0 < r.scale[0] <= r.scale[1] <= 1:
+            raise MambaOutError(f"--scale needs 0 < MIN <= MAX <= 1 (fractions of the image area), got {r.scale}")
+        if not 0 < r.ratio[0] <= r.ratio[1]:
+            raise MambaOutError(f"--ratio needs 0 < MIN <= MAX (crop aspect ratios), got {r.ratio}")
+
+    def check_resume(self, obj: dict, path: str):
+        if obj.get("img_size") not in (None, self.recipe.img_size):
+            raise CheckpointError(f"cannot resume: {path} was trained at {obj['img_size']}px, "
+                                  f"this run uses {self.recipe.img_size}px")
+
+    # ---- data -----------------------------------------------------------------------------------
+    def build_data(self):
+        train_tf, eval_tf = recipe_transforms(self.recipe)
+        self.train_set, self.val_set, self.classes = build_datasets(self.data, self.recipe.img_size,
+                                                                    train_tf, eval_tf)
+        return self.train_set, self.val_set
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    collate = staticmethod(collate_skip_bad)
+
+    # ---- model and loss -------------------------------------------------------------------------
+    def build_model(self, pretrained: bool, initial_checkpoint: Optional[str]) -> nn.Module:
+        r = self.recipe
+        model = create_model(r.model, num_classes=self.num_classes, img_size=r.img_size,
+                             drop_path_rate=r.drop_path_rate(), drop_rate=r.drop, pretrained=pretrained,
+                             checkpoint_path=initial_checkpoint)
+        self.mixup = None
+        if r.mixup > 0 or r.cutmix > 0:
+            from timm.data import Mixup
+            self.mixup = Mixup(mixup_alpha=r.mixup, cutmix_alpha=r.cutmix, prob=r.mixup_prob,
+                               switch_prob=r.mixup_switch_prob, label_smoothing=r.smoothing,
+                               num_classes=self.num_classes)
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+        self.criterion = (SoftTargetCrossEntropy() if self.mixup else
+                          LabelSmoothingCrossEntropy(r.smoothing) if r.smoothing > 0 else nn.CrossEntropyLoss())
+        return model
+
+    def train_inputs(self, batch, device):
+        images, targets, _ = batch
+        if images is None:     # a whole micro-batch of unreadable files
+            images = torch.zeros(0, 3, self.recipe.img_size, self.recipe.img_size)
+            targets = torch.zeros(0, dtype=torch.long)
+        if self.mixup is not None and len(images) % 2:
+            images, targets = images[:-1], targets[:-1]   # timm's Mixup needs even batches
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if self.mixup is not None and len(images):
+            images, targets = self.mixup(images, targets)
+        return images, targets
+
+    def forward_loss(self, model, inputs, targets):
+        return self.loss(model(inputs), targets)
+
+    def loss(self, logits, targets):
+        # an empty micro-batch still runs backward (every DDP process must), with a zero loss
+        return self.criterion(logits.float(), targets) if len(logits) else logits.sum() * 0
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, model, d, amp_dtype, channels_last, workers, batch_size):
+        if self._val_loader is None:
+            self._val_loader = eval_loader(self.val_set, d, batch_size or 2 * self.recipe.batch_size, workers, collate_skip_bad)
+        return evaluate(model, self._val_loader, d, amp_dtype, channels_last)
+
+    @staticmethod
+    def describe(m: dict) -> str:
+        return f"val loss {m['loss']:.4f}, top-1 {m['top1']:.2f}%, top-5 {m['top5']:.2f}%"
+
+    @staticmethod
+    def row(m: dict) -> dict:
+        return {"val_loss": m["loss"], "top1": m["top1"], "top5": m["top5"]}
+
+    def checkpoint_meta(self) -> dict:
+        return {"class_names": list(self.classes), "img_size": self.recipe.img_size}
+
+    def data_source(self) -> dict:
+        return {"data": absolute(self.data)}

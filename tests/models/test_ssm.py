@@ -1,0 +1,154 @@
+"""The selective SSM: chunked scan vs the recurrence, causality, MAC convention."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mambaout.models import costs
+from mambaout.analysis.complexity import MacCounter
+from mambaout.models.ssm import SelectiveSSM, scan_macs, selective_scan, selective_scan_ref
+
+
+def scan_inputs(batch, length, channels, d_state, dtype=torch.float32, big=False):
+    """Inputs shaped and signed like SelectiveSSM's: delta > 0, A < 0."""
+    g = torch.Generator().manual_seed(length * 1000 + channels)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)
+    scale = 20.0 if big else 1.0
+    u = r(batch, length, channels)
+    delta = F.softplus(r(batch, length, channels) * scale - 2)
+    A = -torch.rand(channels, d_state, generator=g, dtype=dtype) * (50 if big else 8) - 0.05
+    return [u, delta, A, r(batch, length, d_state), r(batch, length, d_state), r(channels)]
+
+
+def _grads(fn, inputs):
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    y = fn(*inputs)
+    y.backward(torch.cos(torch.arange(y.numel(), dtype=y.dtype)).view_as(y))  # any fixed weights
+    return y.detach(), [t.grad for t in inputs]
+
+
+@pytest.mark.parametrize("length", [1, 7, 33, 50])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_chunked_equals_recurrence_float32(length, recompute):
+    inputs = scan_inputs(2, length, 12, 5)
+    y_ref, g_ref = _grads(selective_scan_ref, inputs)
+    y, g = _grads(lambda *a: selective_scan(*a, chunk=16, recompute=recompute), inputs)
+    assert torch.allclose(y, y_ref, rtol=1e-5, atol=1e-5 * y_ref.abs().max())
+    for name, a, b in zip("u delta A B C D".split(), g, g_ref):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * b.abs().max()), name
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4, 16, 64])
+def test_chunked_equals_recurrence_float64(chunk):
+    inputs = scan_inputs(2, 50, 6, 4, dtype=torch.float64)
+    y_ref, g_ref = _grads(selective_scan_ref, inputs)
+    y, g = _grads(lambda *a: selective_scan(*a, chunk=chunk), inputs)
+    assert torch.allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g, g_ref):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_chunked_is_stable_with_strong_decays():
+    # delta * |A| up to ~1e3 per token: exp of a positive number anywhere would overflow,
+    # a difference of cumsums would lose every digit.
+    inputs = scan_inputs(2, 40, 6, 4, big=True)
+    y_ref = selective_scan_ref(*inputs)
+    y = selective_scan(*inputs, chunk=8)
+    assert torch.isfinite(y).all()
+    assert torch.allclose(y, y_ref, rtol=1e-5, atol=1e-5 * y_ref.abs().max())
+    y64 = selective_scan(*[t.double() for t in inputs], chunk=8)
+    assert torch.allclose(y64, selective_scan_ref(*[t.double() for t in inputs]), rtol=1e-12, atol=1e-12)
+
+
+def test_gradcheck_float64():
+    inputs = [t.requires_grad_() for t in scan_inputs(1, 5, 3, 2, dtype=torch.float64)]
+    assert torch.autograd.gradcheck(lambda *a: selective_scan(*a, chunk=2), inputs)
+    assert torch.autograd.gradcheck(lambda *a: selective_scan(*a, chunk=2, recompute=True), inputs)
+
+
+def test_without_skip_and_bad_chunk():
+    u, delta, A, B, C, _ = scan_inputs(1, 9, 4, 3)
+    y_ref = selective_scan_ref(u, delta, A, B, C)
+    assert torch.allclose(selective_scan(u, delta, A, B, C), y_ref, rtol=1e-5, atol=1e-5 * y_ref.abs().max())
+    with pytest.raises(ValueError):
+        selective_scan(u, delta, A, B, C, chunk=0)
+
+
+def test_selective_ssm_init_and_names():
+    ssm = SelectiveSSM(32, d_state=8, dt_rank=3, bidirectional=True)
+    names = {k: tuple(v.shape) for k, v in ssm.state_dict().items()}
+    for sfx in ("", "_b"):
+        assert names[f"x_proj{sfx}.weight"] == (3 + 16, 32)
+        assert names[f"dt_proj{sfx}.weight"] == (32, 3) and names[f"dt_proj{sfx}.bias"] == (32,)
+        assert names[f"A_log{sfx}"] == (32, 8) and names[f"D{sfx}"] == (32,)
+        assert torch.allclose(getattr(ssm, "A_log" + sfx), torch.arange(1, 9.0).log().expand(32, -1))
+        assert torch.equal(getattr(ssm, "D" + sfx), torch.ones(32))
+        dt = F.softplus(getattr(ssm, "dt_proj" + sfx).bias)
+        assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 1e-1 * 1.001
+        assert getattr(ssm, "dt_proj" + sfx).weight.abs().max() <= 3 ** -0.5
+    assert "x_proj_b.weight" not in SelectiveSSM(32).state_dict()
+    assert SelectiveSSM(40).dt_rank == math.ceil(40 / 16)
+
+
+def test_selective_ssm_same_output_for_every_scan():
+    ssm = SelectiveSSM(16, d_state=4, dt_rank=2, bidirectional=True)
+    x = torch.randn(2, 13, 16)
+    outs = []
+    for chunk in (0, 1, 4, 16, None):
+        ssm.chunk = chunk
+        outs.append(ssm(x))
+    for y in outs[1:]:   # other chunkings sum in another order: within 1e-5 of the output's scale
+        assert torch.allclose(y, outs[0], rtol=1e-5, atol=1e-5 * outs[0].abs().max().item())
+
+
+def _changed_positions(module, x, t):
+    """Positions whose output changes when token t of x changes."""
+    x2 = x.clone()
+    x2[:, t] += 1.0
+    with torch.no_grad():
+        diff = (module(x2) - module(x)).abs().amax(dim=(0, 2))
+    return (diff > 1e-6).nonzero().flatten().tolist()
+
+
+def test_selective_ssm_is_causal_and_bidirectional_is_not():
+    x = torch.randn(2, 20, 16)
+    causal = SelectiveSSM(16, d_state=4)
+    for t in (0, 7, 19):
+        assert _changed_positions(causal, x, t) == list(range(t, 20))
+    both = SelectiveSSM(16, d_state=4, bidirectional=True)
+    assert _changed_positions(both, x, 7) == list(range(20))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_mac_convention_independent_of_chunk(bidirectional):
+    batch, length, dim, d_state, rank = 2, 10, 32, 8, 3
+    x = torch.randn(batch, length, dim, device="meta")
+    ssm = SelectiveSSM(dim, d_state=d_state, dt_rank=rank, bidirectional=bidirectional).to("meta")
+    directions = 2 if bidirectional else 1
+    expected_scan = directions * batch * length * dim * (9 * d_state + 1)
+    expected_linear = directions * batch * length * (dim * (rank + 2 * d_state) + rank * dim)
+    assert scan_macs(batch, length, dim, d_state) * directions == expected_scan
+    for chunk in (0, 1, 4, 16, None):
+        ssm.chunk = chunk
+        counter = MacCounter()
+        with torch.no_grad(), counter:
+            ssm(x)
+        assert counter.by_op["selective_scan"] == expected_scan, chunk
+        assert counter.total == expected_scan + expected_linear, chunk
+
+
+def test_declare_macs():
+    a, b = torch.randn(4, 5), torch.randn(5, 6)
+    with costs.declare_macs(7):          # no counter: nothing happens
+        a @ b
+    counter = MacCounter()
+    with counter:
+        a @ b                                 # counted: 4 * 5 * 6
+        with costs.declare_macs(100, "custom"):
+            a @ b                             # replaced by 100
+            with costs.declare_macs(1000):
+                a @ b                         # nested: only the outermost counts
+    assert counter.total == 120 + 100
+    assert counter.by_op == {"mm": 120, "custom": 100}
+    assert not costs.ACTIVE
