@@ -189,8 +189,9 @@ def test_pretrained_loads_the_backbones_imagenet_weights(tmp_path, monkeypatch):
 
 
 def test_registry_names_and_errors():
-    assert mambaout.list_detection_models() == [f"mask_rcnn_mambaout_{s}" for s in ("femto", "kobe", "tiny", "small", "base")]
-    assert mambaout.list_detection_models("*_t*") == ["mask_rcnn_mambaout_tiny"]
+    assert mambaout.list_detection_models() == [f"mask_rcnn_mambaout_{s}" for s in ("femto", "kobe", "tiny", "small", "base")] \
+        + ["mask_rcnn_vmamba_tiny"]
+    assert mambaout.list_detection_models("*_t*") == ["mask_rcnn_mambaout_tiny", "mask_rcnn_vmamba_tiny"]
     assert not [n for n in mambaout.list_models() if n.startswith("mask_rcnn")]
     assert all(DETECTION_VARIANTS[n].backbone in VARIANTS for n in DETECTION_VARIANTS)
     with pytest.raises(UnknownModelError) as e:

@@ -39,6 +39,29 @@ def test_chunked_equals_recurrence_float32(length, recompute):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * b.abs().max()), name
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_sequence_parameters_equal_separate_scans(dtype):
+    """A (batch, channels, N) and D (batch, 1, channels): each sequence scans with its own A and
+    D (VMamba's four directions folded into the batch), forward and backward, chunked or not,
+    equal to scanning each sequence alone. bf16 inputs are scanned in fp32 (as SelectiveSSM
+    and VMamba do), so the comparison is of the same float32 computation."""
+    batch, length, channels, n = 4, 37, 6, 5
+    u, delta, _, B, C, _ = scan_inputs(batch, length, channels, n)
+    g = torch.Generator().manual_seed(1)
+    A = -torch.rand(batch, channels, n, generator=g) * 8 - 0.05
+    D = torch.randn(batch, 1, channels, generator=g)
+    u = u.to(dtype).float()
+    alone = lambda *a: torch.cat([selective_scan_ref(u_[None], d_[None], a_, b_[None], c_[None], dd_[0])
+                                  for u_, d_, a_, b_, c_, dd_ in zip(*a)])
+    y_ref, g_ref = _grads(alone, [u, delta, A, B, C, D])
+    for fn in (selective_scan_ref, lambda *a: selective_scan(*a, chunk=4),
+               lambda *a: selective_scan(*a, chunk=4, recompute=True)):
+        y, grads = _grads(fn, [u, delta, A, B, C, D])
+        assert torch.allclose(y, y_ref, rtol=1e-5, atol=1e-5 * y_ref.abs().max())
+        for name, a, b in zip("u delta A B C D".split(), grads, g_ref):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * b.abs().max()), name
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 4, 16, 64])
 def test_chunked_equals_recurrence_float64(chunk):
     inputs = scan_inputs(2, 50, 6, 4, dtype=torch.float64)

@@ -293,7 +293,9 @@ def measure(name: str, img_size=None, convention: Optional[str] = None, **model_
 
     Classification variants: at `img_size` (default: its own input size, 224 or 32 for the
     CIFAR study models), convention "fvcore" by default; params_m and macs_g are rounded
-    like the paper's tables: one decimal, three below 1G (Table 8 prints MACs in M).
+    like the paper's tables: one decimal, three below 1G (Table 8 prints MACs in M);
+    params_m counts as the paper does (VMamba's rows: without the classifier, see
+    "params_counted"), params is every parameter.
     Segmentation models ('upernet_*'): at img_size int or (H, W) (default 512 x 2048),
     convention "mmcv" by default, params of the whole model (auxiliary head included, as
     the paper's), MACs of the eval forward (no auxiliary head); params_m and macs_g
@@ -314,14 +316,18 @@ def measure(name: str, img_size=None, convention: Optional[str] = None, **model_
     else:
         img_size = img_size or (MACS_SIZE if name in SEGMENTATION_VARIANTS else FLOPS_SIZE)
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    convention = convention or ("fvcore" if seg is None else "mmcv")
+    convention = convention or ("fvcore" if seg is None else seg.convention)
     with torch.device("meta"):
         model = create_model(name, **model_kwargs)
     params = count_params(model)
     macs = count_macs(model, img_size, convention=convention)
     if seg is None:
+        counted = params
+        if get_variant(name).params_without_head:   # the paper's count (VMamba's): no classifier
+            counted -= sum(p.numel() for p in model.get_classifier().parameters())
         return {"model": name, "img_size": img_size, "convention": convention, "params": params,
-                "macs": macs, "params_m": round_half_up(params / 1e6),
+                "macs": macs, "params_m": round_half_up(counted / 1e6),
+                "params_counted": "without the classifier" if counted != params else "all",
                 "macs_g": round_half_up(macs / 1e9, 1 if macs >= 1e9 else 3)}
     return {"model": name, "img_size": img_size, "convention": convention, "params": params,
             "macs": macs, "params_m": round_half_up(params / 1e6, 0),

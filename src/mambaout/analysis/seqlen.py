@@ -58,6 +58,14 @@ PRESETS: Dict[str, Setting] = {p.name: p for p in [
             note="Kinetics-400 video, 16 frames at 224, 1x16x16 patches (VideoMamba-S's setup)"),
     Setting("kinetics-16x224-t2", 224, 224, 16, 384, frames=16, tubelet=2,
             note="the same clip in 2x16x16 tubelets (VideoMAE / ViViT style)"),
+    # VMamba-T's stage 3 (stride 16, width 384, 9 of its 15 blocks) on the inputs of the paper's
+    # comparisons: ImageNet, UperNet on ADE20K, Mask R-CNN at the FLOPs size 1280 x 800.
+    Setting("vmamba-t-imagenet-224", 224, 224, 16, 384,
+            note="VMamba-T stage 3 on ImageNet 224x224 (main table)"),
+    Setting("vmamba-t-upernet-512x2048", 512, 2048, 16, 384,
+            note="VMamba-T stage 3 in UperNet on ADE20K at 512x2048 (Table 3)"),
+    Setting("vmamba-t-maskrcnn-800x1280", 800, 1280, 16, 384,
+            note="VMamba-T stage 3 in Mask R-CNN at 1280x800 (the FLOPs size)"),
 ]}
 
 
@@ -204,11 +212,12 @@ def _stride(r: Dict) -> str:
 
 
 def format_table(rows: List[Dict]) -> str:
-    head = (f"{'name':<20}{'input':<13}{'stride':>8}{'D':>6}{'L':>8}{'6D':>7}"
+    w = max([20] + [len(r["name"]) + 2 for r in rows])
+    head = (f"{'name':<{w}}{'input':<13}{'stride':>8}{'D':>6}{'L':>8}{'6D':>7}"
             f"{'linear GF':>11}{'quadr. GF':>11}{'ratio':>8}  verdict")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['name']:<20}{_input(r):<13}{_stride(r):>8}{r['dim']:>6}{r['tokens']:>8}"
+        lines.append(f"{r['name']:<{w}}{_input(r):<13}{_stride(r):>8}{r['dim']:>6}{r['tokens']:>8}"
                      f"{r['threshold']:>7}{r['linear_flops'] / 1e9:>11.3f}{r['quadratic_flops'] / 1e9:>11.3f}"
                      f"{r['ratio']:>8.3f}  {r['verdict']}")
     return "\n".join(lines)

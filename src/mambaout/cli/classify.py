@@ -5,18 +5,18 @@ import json
 from typing import Optional
 
 from ..errors import MambaOutError
-from ..tasks.classification.recipe import Recipe, digits_recipe
+from ..tasks.classification.recipe import RECIPES, Recipe, digits_recipe, vmamba_recipe
 from .common import _add_run_flags, _add_train_run_flags, _amp, _plan, _report_images
 from .flags import RecipeFlags
 
 # The Recipe fields `mambaout train` has flags for, in --help order (--aa sets auto_augment);
 # flags left at None keep the recipe's value.
 TRAIN_FLAGS = RecipeFlags(Recipe, (
-    "model", "epochs", "batch_size", "grad_accum_steps", "lr", "lr_base", "lr_base_size", "opt", "opt_eps",
+    ("recipe", "base"), "model", "epochs", "batch_size", "grad_accum_steps", "lr", "lr_base", "lr_base_size", "opt", "opt_eps",
     "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad", "img_size", ("aa", "auto_augment"),
     "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "reprob", "smoothing", "drop_path", "drop", "hflip",
     "scale", "ratio", "crop_pct", "model_ema", "model_ema_decay", "seed",
-), defaults=(("Table 2", Recipe), ("digits", digits_recipe)))
+), defaults=(("Table 2", Recipe), ("vmamba", vmamba_recipe), ("digits", digits_recipe)))
 RECIPE_FLAGS = TRAIN_FLAGS.flags   # flag (dest) -> Recipe field
 
 
@@ -28,9 +28,17 @@ def recipe_changes(args) -> dict:
 
 
 def recipe_from_args(args, changes: Optional[dict] = None):
-    """Table 2 when --data is given; the digits recipe otherwise."""
+    """With --data the base recipe --recipe names (Table 2 by default); the digits recipe
+    otherwise; then the flags' changes."""
     from dataclasses import replace
-    recipe = replace(Recipe() if args.data else digits_recipe(), **(recipe_changes(args) if changes is None else changes))
+    changes = recipe_changes(args) if changes is None else changes
+    base = changes.get("base")
+    if not args.data and base not in (None, "digits"):
+        raise MambaOutError(f"--recipe {base} is a recipe for your data: give --data DIR (without it, the "
+                            "embedded digits train with their own recipe)")
+    if args.data and base == "digits":
+        raise MambaOutError("--recipe digits is the embedded digits' recipe: leave out --data, or pick table2 / vmamba")
+    recipe = replace(RECIPES[base or "table2"]() if args.data else digits_recipe(), **changes)
     if args.data and args.img_size is None:  # the model's own size (32 for the CIFAR study models)
         from ..models import get_variant
         recipe.img_size = get_variant(recipe.model).input_size
@@ -130,7 +138,7 @@ def cmd_convert(args) -> int:
 def add_train_parser(sub):
     s = sub.add_parser("train", help="train or fine-tune (Table 2 recipe; embedded digits set without --data)")
     s.add_argument("--data", help="ImageFolder root with train/<class>/* and val/<class>/*")
-    TRAIN_FLAGS.add(s, "model")
+    TRAIN_FLAGS.add(s, "base", "model")
     g = s.add_argument_group("recipe (defaults: Table 2 with --data, the digits recipe without)")
     TRAIN_FLAGS.add(g, "epochs", "seed")
     _add_train_run_flags(s)

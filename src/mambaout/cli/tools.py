@@ -122,8 +122,9 @@ def cmd_complexity(args) -> int:
               + what.format(macs=f"{m['macs']:,}", g=m["macs"] / 1e9, r=m["macs_g"])
               + f", counted as mmcv's get_flops does{paper}")
     else:
+        counted = "" if m.get("params_counted", "all") == "all" else f" {m['params_counted']}"
         print(f"{m['model']} at {_size_text(m['img_size'])}: {m['params']:,} params "
-              f"({m['params_m']:.1f}M), {m['macs']:,} MACs ({m['macs'] / 1e9:.3f}G, "
+              f"({m['params_m']:.1f}M{counted}), {m['macs']:,} MACs ({m['macs'] / 1e9:.3f}G, "
               f"{_fmt_g(m['macs_g'])}G rounded half up)")
     return 0
 
@@ -154,6 +155,9 @@ def cmd_benchmark(args) -> int:
             print(bench.isa_line(bench.cpu_isa()))
             print(bench.allocator_line())
         print(bench.format_table(records))
+        if "vmamba" in (args.compare or []):
+            print("\nTable 4 (paper: RTX 4090, fp16, PyTorch 2.3):")
+            print(bench.format_table4(records))
         ours = next((r for r in records if r["impl"] == "mambaout"), None)
         if ours and ours.get("ratio_vs_fp32"):
             extra = "".join(f", {ours[k]:.2f}x {label}" for k, label in (
@@ -224,8 +228,9 @@ def add_complexity_parser(sub):
 def add_benchmark_parser(sub):
     s = sub.add_parser("benchmark", help="throughput vs timm (interleaved, median of repeats)")
     s.add_argument("--model", nargs="+", default=["mambaout_tiny"])
-    s.add_argument("--compare", action="append", choices=["timm", "reference"],
-                   help="also run timm's implementation (+ convnext_tiny) or our reference block")
+    s.add_argument("--compare", action="append", choices=["timm", "reference", "vmamba"],
+                   help="also run timm's implementation (+ convnext_tiny), our reference block, or the "
+                        "VMamba v0 size of each MambaOut size (Table 4; with --mode both its layout)")
     s.add_argument("--mode", default="infer", choices=["infer", "train", "both"])
     s.add_argument("-b", "--batch-size", type=int, default=16)
     s.add_argument("--img-size", type=int, default=224)

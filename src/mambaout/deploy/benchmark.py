@@ -58,6 +58,14 @@ class Impl:
     model_name: str
     model: nn.Module
     precision: str = "fp32"           # fp32 | bf16 (bf16 weights) | bf16-autocast | fp16-autocast | int8
+    ours: Optional[str] = None        # the MambaOut variant this row is compared with (default model_name)
+
+
+# Table 4 of the paper (RTX 4090, fp16, PyTorch 2.3): (train, infer) img/s of each size, and
+# the VMamba v0 size each MambaOut size is compared with (`--compare vmamba`).
+PAPER_TABLE4 = {"mambaout_tiny": (1055, 3370), "mambaout_small": (665, 2150), "mambaout_base": (441, 1375),
+                "vmamba_tiny": (194, 582), "vmamba_small": (117, 326), "vmamba_base": (88, 240)}
+VMAMBA_PAIR = {"mambaout_tiny": "vmamba_tiny", "mambaout_small": "vmamba_small", "mambaout_base": "vmamba_base"}
 
 
 def _amp_dtype(precision):
@@ -106,8 +114,14 @@ def build_impls(model_name: str, compare: List[str], s: Settings, yardstick: boo
                 if hasattr(m, "fast"):
                     m.fast = False
             impls.append(Impl("reference", name, ref, prec["others"]))
+        elif c == "vmamba":
+            pair = VMAMBA_PAIR.get(name)
+            if pair is None:
+                raise MambaOutError(f"--compare vmamba pairs {', '.join(VMAMBA_PAIR)} with VMamba-T/S/B "
+                                    f"(Table 4), not {name}")
+            impls.append(Impl("vmamba", pair, create_model(pair), prec["others"], ours=name))
         else:
-            raise MambaOutError(f"--compare takes timm or reference, got {c!r}")
+            raise MambaOutError(f"--compare takes timm, reference or vmamba, got {c!r}")
     return impls
 
 
@@ -220,7 +234,7 @@ def run(models: List[str], compare: List[str], s: Settings) -> List[Dict]:
                 if dtype not in gemm_peaks:
                     gemm_peaks[dtype] = gemm_peak_gflops(dtype)
                 peak_tflops = gemm_peaks[dtype] / 1000
-            rec = dict(model=im.model_name, impl=im.name, **{k: v for k, v in asdict(s).items()
+            rec = dict(model=im.model_name, impl=im.name, ours=im.ours or im.model_name, **{k: v for k, v in asdict(s).items()
                                                               if k not in ("warmup", "peak_tflops", "threads")},
                        row_precision=im.precision,
                        img_per_s=round(ips, 2), step_ms=round(1000 * step, 2),
@@ -257,12 +271,13 @@ def _add_ratios(records):
         r["ratio"] = None
         if r["impl"] == "mambaout":
             continue
-        o = first.get(r["mode"]) if r["impl"] == "timm:convnext_tiny" else ours.get((r["model"], r["mode"]))
+        o = first.get(r["mode"]) if r["impl"] == "timm:convnext_tiny" else ours.get((r["ours"], r["mode"]))
         if o is None:
             continue
         r["ratio"] = round(o["img_per_s"] / r["img_per_s"], 3)
         key = {"timm": "ratio_vs_timm", "reference": "ratio_vs_reference", "mambaout:fp32": "ratio_vs_fp32",
-               "mambaout:autocast": "ratio_vs_autocast", "timm:convnext_tiny": "ratio_vs_convnext_tiny"}[r["impl"]]
+               "mambaout:autocast": "ratio_vs_autocast", "timm:convnext_tiny": "ratio_vs_convnext_tiny",
+               "vmamba": "ratio_vs_vmamba"}[r["impl"]]
         o[key] = r["ratio"]
 
 
@@ -409,3 +424,30 @@ def plot(records: List[Dict], path):
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+
+
+def format_table4(records: List[Dict]) -> str:
+    """The paper's Table 4 layout: each MambaOut size beside its VMamba size, train and infer
+    img/s measured here (interleaved in one process) and the paper's, MACs, and MambaOut's
+    speed-up over VMamba here and in the paper (RTX 4090, fp16)."""
+    got = {(r["model"], r["mode"]): r for r in records if r["impl"] in ("mambaout", "vmamba")}
+    head = (f"{'model':<16}{'MACs(G)':>8}{'train img/s':>13}{'infer img/s':>13}{'paper train':>13}"
+            f"{'paper infer':>13}")
+    lines = [head, "-" * len(head)]
+    for ours, theirs in VMAMBA_PAIR.items():
+        if not any((ours, m) in got for m in ("infer", "train")):
+            continue
+        speed = []
+        for name in (theirs, ours):
+            rows = {m: got.get((name, m)) for m in ("train", "infer")}
+            macs = next((r["gmacs_per_img"] for r in rows.values() if r), 0.0)
+            cells = "".join(f"{r['img_per_s']:>13.1f}" if r else f"{'-':>13}" for r in rows.values())
+            paper = PAPER_TABLE4[name]
+            lines.append(f"{name:<16}{macs:>8.2f}{cells}{paper[0]:>13}{paper[1]:>13}")
+        for m, i in (("train", 0), ("infer", 1)):
+            a, b = got.get((ours, m)), got.get((theirs, m))
+            if a and b:
+                speed.append(f"{m} {a['img_per_s'] / b['img_per_s']:.1f}x here, "
+                             f"{PAPER_TABLE4[ours][i] / PAPER_TABLE4[theirs][i]:.1f}x in the paper")
+        lines.append(f"{'':<16}MambaOut / VMamba: " + "; ".join(speed))
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""MambaOut as a dense-prediction backbone: multi-scale NCHW feature maps, no head.
+"""MambaOut (and VMamba) as dense-prediction backbones: multi-scale NCHW feature maps, no head.
 
 The backbone is the classification model's stem and stages, under the same module
 names (`stem.*`, `stages.N.*`), so an ImageNet checkpoint maps onto it key for key.
@@ -23,6 +23,7 @@ import torch.nn as nn
 from ..errors import MambaOutError
 from .blocks import LayerNorm, nhwc_to_nchw
 from .mambaout import MambaOut
+from .vmamba import VMamba
 from .registry import check_options, get_variant, model_kwargs, pretrained_cfg
 from .weights import extract_state_dict, fetch_pretrained, fit_state_dict, official_to_timm, read_checkpoint
 
@@ -79,48 +80,114 @@ class MambaOutBackbone(nn.Module):
         return outs
 
     def load_classification_state_dict(self, sd: Dict[str, torch.Tensor], source: str = "checkpoint"):
-        """Load a classification model's weights (timm or official layout) into stem and stages.
+        """Load a classification model's weights (timm or official layout) into the trunk.
 
         The classifier head (`head.*`, the official `norm.*` / `head.*`) and the stages this
         backbone does not build are dropped; every other key must fit exactly (missing,
         unexpected or misshapen keys raise CheckpointError naming the first one). The
-        output norms are left as they are. A state dict of a MambaOutBackbone itself
-        (it has `out_norms.*`) loads whole, output norms included.
+        output norms are left as they are. A state dict of the backbone itself (it has
+        `out_norms.*`) loads whole, output norms included.
         """
-        sd = official_to_timm(dict(sd))
-        if any(k.startswith("out_norms.") for k in sd):
-            fit_state_dict(self, sd, source=source)
-            return
-        built = len(self.stages)
-        sd = {k: v for k, v in sd.items() if not k.startswith("head.") and not _unbuilt_stage(k, built)}
-        trunk = nn.Module()                      # a view holding only the checkpoint's part
-        trunk.stem, trunk.stages = self.stem, self.stages
-        fit_state_dict(trunk, sd, source=source)
+        _load_trunk(self, official_to_timm(dict(sd)), {"stem": self.stem, "stages": self.stages},
+                    lambda k: not k.startswith("head.") and not _unbuilt(k, r"stages\.(\d+)\.", len(self.stages)),
+                    source)
 
 
-def _unbuilt_stage(key: str, built: int) -> bool:
-    found = re.match(r"stages\.(\d+)\.", key)
+class VMambaBackbone(nn.Module):
+    """Patch embedding and stages of VMamba v0 (vmamba.py) with a LayerNorm on each output.
+
+    forward(x) returns, for each of `out_indices`, the stage's output before its patch
+    merging, N x C x H/s x W/s at strides 4 / 8 / 16 / 32 (each patch merging floors odd
+    sizes: 97 x 131 -> 24 x 32 at stride 4, ..., 3 x 4 at stride 32), channels-last in
+    memory. Module names are the classifier's (`patch_embed.*`, `layers.N.*`), so a VMamba
+    checkpoint maps onto it key for key; `out_norms.<stage>` are new (VMamba's detection and
+    segmentation backbones also norm each output).
+    """
+
+    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), **model_kwargs):
+        super().__init__()
+        full = VMamba(num_classes=0, **model_kwargs)
+        n = len(full.layers)
+        if not out_indices or any(not isinstance(i, int) or not 0 <= i < n for i in out_indices):
+            raise ValueError(f"out_indices must be stage indices in 0..{n - 1}, got {tuple(out_indices)}")
+        self.out_indices = tuple(sorted(set(out_indices)))
+        self.in_chans = full.in_chans
+        self.patch_embed = full.patch_embed
+        self.layers = full.layers[:self.out_indices[-1] + 1]
+        self.layers[-1].downsample = None          # nothing is computed after the last output
+        info = full.feature_info
+        self.out_norms = nn.ModuleDict({str(i): nn.LayerNorm(info[i]["num_chs"]) for i in self.out_indices})
+        self.feature_info: List[Dict] = [dict(info[i]) for i in self.out_indices]
+        self.out_channels: List[int] = [f["num_chs"] for f in self.feature_info]
+        self.out_strides: List[int] = [f["reduction"] for f in self.feature_info]
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        for layer in self.layers:
+            layer.grad_checkpointing = enable
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        x = self.patch_embed(x)
+        outs = []
+        for i, layer in enumerate(self.layers):
+            x = layer.forward_blocks(x)
+            if str(i) in self.out_norms:
+                outs.append(nhwc_to_nchw(self.out_norms[str(i)](x)))
+            if layer.downsample is not None:
+                x = layer.downsample(x)
+        return outs
+
+    def load_classification_state_dict(self, sd: Dict[str, torch.Tensor], source: str = "checkpoint"):
+        """As MambaOutBackbone's: head and final norm dropped, unbuilt stages (and the last
+        built stage's patch merging) dropped, the rest strict."""
+        last = len(self.layers) - 1
+
+        def keep(k):
+            return (not k.startswith(("head.", "norm.")) and not _unbuilt(k, r"layers\.(\d+)\.", len(self.layers))
+                    and not k.startswith(f"layers.{last}.downsample."))
+        _load_trunk(self, dict(sd), {"patch_embed": self.patch_embed, "layers": self.layers}, keep, source)
+
+
+BACKBONES = {"mambaout": (MambaOut, MambaOutBackbone), "vmamba": (VMamba, VMambaBackbone)}
+
+
+def _load_trunk(backbone: nn.Module, sd: Dict[str, torch.Tensor], parts: Dict[str, nn.Module], keep, source: str):
+    """A backbone's own state dict (with out_norms) whole; else the classifier's keys that
+    `keep` accepts, strictly, into the trunk modules `parts`."""
+    if any(k.startswith("out_norms.") for k in sd):
+        fit_state_dict(backbone, sd, source=source)
+        return
+    trunk = nn.Module()                      # a view holding only the checkpoint's part
+    for name, module in parts.items():
+        setattr(trunk, name, module)
+    fit_state_dict(trunk, {k: v for k, v in sd.items() if keep(k)}, source=source)
+
+
+def _unbuilt(key: str, pattern: str, built: int) -> bool:
+    found = re.match(pattern, key)
     return found is not None and int(found.group(1)) >= built
 
 
 def create_backbone(name: str, out_indices: Sequence[int] = (0, 1, 2, 3), pretrained: bool = False,
-                    checkpoint_path=None, **kwargs) -> MambaOutBackbone:
-    """Backbone of a hierarchical variant ('mambaout_tiny', 'mambaout_base_plus_rw.sw_e150_in12k', ...).
+                    checkpoint_path=None, **kwargs) -> nn.Module:
+    """Backbone of a hierarchical variant ('mambaout_tiny', 'mambaout_base_plus_rw.sw_e150_in12k',
+    'vmamba_tiny', ...): a MambaOutBackbone or a VMambaBackbone.
 
     pretrained: the variant's released ImageNet weights (the same hub files as create_model).
     checkpoint_path: any classification checkpoint `load_checkpoint` reads (timm or official
         layout, plain or wrapped, .pth / .safetensors); the head is dropped, the rest strict.
-    kwargs: MambaOut constructor options (drop_path_rate, in_chans, kernel_size, ...).
+    kwargs: the model's constructor options (drop_path_rate, in_chans, kernel_size, ...).
     """
     v = get_variant(name)
-    if v.arch != "mambaout":
-        raise MambaOutError(f"{v.name} is not a hierarchical MambaOut (arch '{v.arch}') and has no "
+    if v.arch not in BACKBONES:
+        raise MambaOutError(f"{v.name} is not a hierarchical MambaOut or VMamba (arch '{v.arch}') and has no "
                             f"multi-scale backbone; use one of the 4-stage models")
+    model_cls, backbone_cls = BACKBONES[v.arch]
     options = model_kwargs(v)
-    check_options(MambaOut, kwargs, "backbone", exclude=_HEAD_OPTIONS)
+    check_options(model_cls, kwargs, "backbone", exclude=_HEAD_OPTIONS)
     options.update(kwargs)
     try:
-        backbone = MambaOutBackbone(out_indices=tuple(out_indices), **options)
+        backbone = backbone_cls(out_indices=tuple(out_indices), **options)
     except ValueError as e:
         raise MambaOutError(f"{v.name}: {e}") from None
     backbone.variant = v.name

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from functools import partial
+from typing import List
 
 import torch
 import torch.nn as nn
@@ -181,3 +182,20 @@ class MlpHeadClassifier:
         """Replace the last fc with a freshly initialised one for `num_classes` (0 = no fc)."""
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
+
+
+def stage_indices(n: int, indices) -> List[int]:
+    """timm's forward_intermediates `indices` over n stages: None = all, an int k = the last k,
+    or a list of stage indices (negative allowed); sorted, each in range."""
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"indices={indices}: must be between 1 and {n}")
+        return list(range(n - indices, n))
+    out = []
+    for i in indices:
+        if not -n <= i < n:
+            raise ValueError(f"stage index {i} out of range for {n} stages")
+        out.append(i % n)
+    return sorted(out)

@@ -41,6 +41,7 @@ class DetVariant:
     paper_ap: Optional[Tuple[float, float]] = None  # COCO val2017 (box AP, mask AP), 1x schedule
     source: str = ""
     num_classes: int = COCO_CLASSES
+    convention: str = "mmcv"               # how the paper's FLOPs were counted (analysis/complexity.py)
 
 
 def _mask_rcnn(backbone, drop_path, params=None, flops=None, ap=None, source=""):
@@ -53,4 +54,8 @@ DETECTION_VARIANTS = {v.name: v for v in [
     _mask_rcnn("mambaout_tiny", 0.2, 43, 262, (45.1, 41.0), "main paper"),
     _mask_rcnn("mambaout_small", 0.3, 65, 354, (47.4, 42.7), "main paper"),
     _mask_rcnn("mambaout_base", 0.3, 100, 495, (47.4, 43.0), "main paper"),
+    # VMamba v0 (its own table, 1x): detection/configs/vssm/mask_rcnn_swin_fpn_coco_tiny.py
+    # inherits Swin-T's Mask R-CNN 1x settings (drop path 0.2); FLOPs counted by fvcore.
+    DetVariant("mask_rcnn_vmamba_tiny", "vmamba_tiny", 0.2, 42, 262, (46.5, 42.1), "VMamba v0",
+               convention="fvcore"),
 ]}

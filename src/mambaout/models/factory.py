@@ -13,6 +13,7 @@ from .registry import check_options, get_variant, model_kwargs, pretrained_cfg
 from .segmentation_variants import SEGMENTATION_VARIANTS
 from .upernet import create_upernet
 from .variants import Variant
+from .vmamba import VMamba
 from .weights import extract_state_dict, fetch_pretrained, fit_state_dict, load_checkpoint, read_checkpoint
 
 log = logging.getLogger("mambaout")
@@ -21,7 +22,7 @@ log = logging.getLogger("mambaout")
 def model_class(v: Variant):
     if v.arch == "mambaout":
         return MambaOut
-    return {"mambaout_iso": IsotropicMambaOut, "isotropic": IsotropicNet}[v.arch]
+    return {"mambaout_iso": IsotropicMambaOut, "isotropic": IsotropicNet, "vmamba": VMamba}[v.arch]
 
 
 def create_model(name: str, pretrained: bool = False, num_classes: Optional[int] = None,

@@ -12,7 +12,8 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import ACTIVATIONS, Downsample, GatedCNNBlock, MlpHead, MlpHeadClassifier, nhwc_to_nchw, Stem
+from .blocks import (ACTIVATIONS, Downsample, GatedCNNBlock, MlpHead, MlpHeadClassifier, Stem, nhwc_to_nchw,
+                     stage_indices)
 from .fast import _compiling
 from .hybrid import stage_block_kwargs
 
@@ -188,19 +189,7 @@ class MambaOut(MlpHeadClassifier, nn.Module):
         return x, intermediates
 
     def _take_indices(self, indices) -> List[int]:
-        n = len(self.stages)
-        if indices is None:
-            return list(range(n))
-        if isinstance(indices, int):
-            if not 0 < indices <= n:
-                raise ValueError(f"indices={indices}: must be between 1 and {n}")
-            return list(range(n - indices, n))
-        out = []
-        for i in indices:
-            if not -n <= i < n:
-                raise ValueError(f"stage index {i} out of range for {n} stages")
-            out.append(i % n)
-        return sorted(out)
+        return stage_indices(len(self.stages), indices)
 
     def prune_intermediate_layers(self, indices=1, prune_head: bool = True):
         """Drop stages after the last one in `indices` (and the head) for backbone use."""

@@ -72,7 +72,9 @@ def unknown_model(name: str) -> UnknownModelError:
     return UnknownModelError(f"unknown model '{name}'{hint} (see `mambaout models`)")
 
 
-FIRST_CONV = {"mambaout": "stem.conv1", "mambaout_iso": "stem.conv", "isotropic": "patch_embed.proj"}
+FIRST_CONV = {"mambaout": "stem.conv1", "mambaout_iso": "stem.conv", "isotropic": "patch_embed.proj",
+              "vmamba": "patch_embed.proj"}
+CLASSIFIER = {"mambaout": "head.fc", "mambaout_iso": "head.fc", "isotropic": "head", "vmamba": "head"}
 
 
 def pretrained_cfg(name: str) -> dict:
@@ -91,7 +93,7 @@ def pretrained_cfg(name: str) -> dict:
                test_input_size=(3, test_size, test_size), pool_size=(size // 32, size // 32),
                crop_pct=1.0, crop_mode="center",
                interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-               first_conv=FIRST_CONV[v.arch], classifier="head" if v.arch == "isotropic" else "head.fc",
+               first_conv=FIRST_CONV[v.arch], classifier=CLASSIFIER[v.arch],
                license="apache-2.0")
     cfg.update(v.tag_cfgs.get(tag, {}))
     return cfg
@@ -107,6 +109,8 @@ def model_kwargs(v: Variant) -> dict:
     if v.arch == "mambaout_iso":
         return dict(depth=v.depths[0], dim=v.dims[0], expansion_ratio=v.expansion_ratio,
                     kernel_size=v.kernel_size, **v.extra)
+    if v.arch == "vmamba":
+        return dict(depths=v.depths, dims=v.dims, **v.extra)
     return dict(img_size=v.input_size, depth=v.depths[0], dim=v.dims[0], **v.extra)
 
 

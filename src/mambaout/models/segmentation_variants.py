@@ -8,6 +8,8 @@ multi-scale). Sources: the main paper's ADE20K table (Tiny, Small, Base) and
 supplementary Table 3 (Tiny with depthwise kernel 3 / 5 / 7 / 9 / 11; kernel 7 is
 MambaOut-Tiny). Femto and Kobe have no paper numbers.
 
+VMamba-T's row carries its own paper's numbers, with MACs counted by fvcore as VMamba does.
+
 Drop path is the authors' answer on official issue #251 (Tiny 0.3, Small 0.3-0.4,
 Base 0.6); for Femto and Kobe, which the paper does not train for segmentation, we
 choose 0.1 (as small backbones are usually given less stochastic depth).
@@ -31,6 +33,7 @@ class SegVariant:
     paper_miou: Optional[Tuple[float, float]] = None  # ADE20K val mIoU (single-scale, multi-scale)
     source: str = ""
     num_classes: int = ADE20K_CLASSES
+    convention: str = "mmcv"             # how the paper's MACs were counted (analysis/complexity.py)
 
 
 def _upernet(backbone, drop_path, params=None, macs=None, miou=None, source=""):
@@ -46,4 +49,10 @@ SEGMENTATION_VARIANTS = {v.name: v for v in [
     _upernet("mambaout_tiny", 0.3, 54, 938, (47.4, 48.6), "main paper, Table 3"),
     _upernet("mambaout_small", 0.3, 76, 1032, (49.5, 50.6), "main paper"),
     _upernet("mambaout_base", 0.6, 112, 1178, (49.6, 51.0), "main paper"),
-] + [_upernet(f"mambaout_tiny_k{k}", 0.3, 54, macs, miou, "Table 3") for k, (macs, miou) in _TINY_K.items()]}
+] + [_upernet(f"mambaout_tiny_k{k}", 0.3, 54, macs, miou, "Table 3") for k, (macs, miou) in _TINY_K.items()] + [
+    # VMamba v0 (main paper, Table 3): VMamba's config (segmentation/configs/vssm/
+    # upernet_vssm_4xb4-160k_ade20k-512x512_tiny.py) inherits Swin-T's UperNet settings, drop
+    # path 0.3 among them; its 964G are fvcore's count (VMamba's analyze tools) at 512 x 2048.
+    SegVariant("upernet_vmamba_tiny", "vmamba_tiny", 0.3, 55, 964, (47.3, 48.3), "VMamba v0, Table 3",
+               convention="fvcore"),
+]}

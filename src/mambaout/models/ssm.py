@@ -36,7 +36,8 @@ interleaved runs), recurrence vs chunks of 2 / 4 / 16:
 
 (Shared machine: absolute numbers vary by up to 30% between runs, the ordering did
 not; forward + backward ranks the same way.) So `SelectiveSSM` by default runs the
-recurrence on CPU once a step's state reaches RECURRENCE_STATE (2^14) elements, and
+recurrence on CPU once a step's state reaches RECURRENCE_STATE (2^14) elements (in
+training only while the states autograd keeps stay under RECURRENCE_GRAD_ELEMENTS), and
 the chunked scan otherwise and off CPU, where we expect (not measured here) the
 recurrence's L sequential steps of small kernels to cost most.
 
@@ -62,8 +63,10 @@ from . import costs
 # tensor: the work grows with T while the Python loop shrinks with it. 2 was the fastest
 # on a 2-core CPU at every size we measured, 4 close behind (table above).
 DEFAULT_CHUNK = 2
-# SelectiveSSM's default on CPU: the recurrence from this many state elements per step.
+# run_scan's default on CPU: the recurrence from this many state elements per step...
 RECURRENCE_STATE = 2 ** 14
+# ...unless autograd would keep more state elements than this over the sequence (256 MiB).
+RECURRENCE_GRAD_ELEMENTS = 2 ** 26
 
 # selective_scan computes this many decay elements at a time at most (16 MiB in float32)...
 GROUP_ELEMENTS = 2 ** 22
@@ -74,11 +77,12 @@ RECOMPUTE_ELEMENTS = 2 ** 24
 def selective_scan_ref(u, delta, A, B, C, D=None):
     """Reference selective scan: the recurrence, one step per token.
 
-    u, delta: (batch, L, channels); A: (channels, N); B, C: (batch, L, N); D: (channels,).
-    Returns y: (batch, L, channels).
+    u, delta: (batch, L, channels); A: (channels, N), or (batch, channels, N) for sequences
+    with parameters of their own (VMamba's four scan directions folded into the batch);
+    B, C: (batch, L, N); D: (channels,) or (batch, 1, channels). Returns y: (batch, L, channels).
     """
     batch, length, channels = u.shape
-    h = u.new_zeros(batch, channels, A.shape[1])
+    h = u.new_zeros(batch, channels, A.shape[-1])
     ys = []
     # unbind, not x[:, t] in the loop: the backward of L selects would zero-fill and
     # accumulate a full-size gradient L times; unbind's backward is one stack.
@@ -109,7 +113,9 @@ def selective_scan(u, delta, A, B, C, D=None, chunk: int = DEFAULT_CHUNK,
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     batch, length, channels = u.shape
-    T, N = chunk, A.shape[1]
+    if A.dim() == 3:                                             # per sequence: broadcast over (k, p)
+        A = A[:, None, None]
+    T, N = chunk, A.shape[-1]
     K = -(-length // T)                                          # number of chunks
     skip = None if D is None else u * D
     if K * T != length:
@@ -170,6 +176,28 @@ def _scan_chunks(u, delta, A, B, C, h):
     h0 = torch.stack(incoming, dim=1).unsqueeze(2)              # (b, k, 1, c, N)
     y = y + torch.matmul(from_start * h0, C.unsqueeze(-1)).squeeze(-1)
     return y, h
+
+
+def run_scan(u, delta, A, B, C, D=None, chunk: Optional[int] = None):
+    """The selective scan as every SSM of the library runs it (SelectiveSSM, VMamba's SS2D):
+    `selective_scan_ref`'s arguments (float32), its MACs declared in VMamba's convention.
+
+    chunk: tokens per chunk; 0 runs the recurrence; None picks: the recurrence on CPU once one
+    step's state (batch * channels * N) reaches RECURRENCE_STATE, unless autograd would keep
+    more than RECURRENCE_GRAD_ELEMENTS state elements for backward (L steps of it: VMamba's
+    stage 1 at batch 8 would keep ~1.2 GB per block), then the chunked scan, which recomputes
+    its decays in backward; chunks of DEFAULT_CHUNK off CPU. Results do not depend on it."""
+    batch, length, channels = u.shape
+    n = A.shape[-1]
+    if chunk is None:
+        state = batch * channels * n
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
+        fits = not grad or state * length <= RECURRENCE_GRAD_ELEMENTS
+        chunk = 0 if state >= RECURRENCE_STATE and u.device.type == "cpu" and fits else DEFAULT_CHUNK
+    with costs.declare_macs(scan_macs(batch, length, channels, n)):
+        if u.is_meta:   # counting on the meta device: only the shape matters (no L-step loop)
+            return u.new_empty(u.shape)
+        return selective_scan(u, delta, A, B, C, D, chunk=chunk) if chunk else selective_scan_ref(u, delta, A, B, C, D)
 
 
 def scan_macs(batch: int, length: int, channels: int, d_state: int) -> int:
@@ -253,14 +281,8 @@ class SelectiveSSM(nn.Module):
             [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(getattr(self, "dt_proj" + sfx)(dt))
         A = -torch.exp(getattr(self, "A_log" + sfx).float())
-        batch, length, channels = x.shape
-        chunk = self.chunk
-        if chunk is None:
-            big = batch * channels * self.d_state >= RECURRENCE_STATE
-            chunk = 0 if big and x.device.type == "cpu" else DEFAULT_CHUNK
-        args = (x.float(), delta.float(), A, B.float(), C.float(), getattr(self, "D" + sfx).float())
-        with costs.declare_macs(scan_macs(batch, length, channels, self.d_state)):
-            y = selective_scan(*args, chunk=chunk) if chunk else selective_scan_ref(*args)
+        y = run_scan(x.float(), delta.float(), A, B.float(), C.float(), getattr(self, "D" + sfx).float(),
+                     chunk=self.chunk)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -7,10 +7,11 @@ of Tables 3, 5, 6, 7, 8 and 11. The ``_rw`` rows are the community variants trai
 by Ross Wightman for timm; their configurations are facts read from timm's registry
 and they have no paper numbers.
 
-Three architectures (``arch``): "mambaout", the 4-stage hierarchical model
-(mambaout.py); "mambaout_iso", the isotropic MambaOut of Table 5; and "isotropic",
+Four architectures (``arch``): "mambaout", the 4-stage hierarchical model
+(mambaout.py); "mambaout_iso", the isotropic MambaOut of Table 5; "isotropic",
 the ViT-like study models of Tables 8 and 11 with a conv, attention or SSM token
-mixer (isotropic.py). For the isotropic ones ``depths`` and ``dims`` hold one entry
+mixer (isotropic.py); and "vmamba", VMamba v0, the vision Mamba of the main
+comparison (vmamba.py). For the isotropic ones ``depths`` and ``dims`` hold one entry
 and ``extra`` the constructor arguments the hierarchical model does not have.
 """
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Variant:
     input_size: int = 224               # default (train / test) image size
     paper_cifar: Optional[Tuple[float, float]] = None  # Table 8: CIFAR-10 / CIFAR-100 top-1
     num_classes: int = 1000             # default classifier size
+    params_without_head: bool = False   # the paper's params exclude the classifier (VMamba's count)
 
 
 _RW = dict(stem_mid_norm=False, downsample="conv_nf", ls_init_value=1e-6, head="norm_mlp",
@@ -152,5 +154,14 @@ for _v in [
     _study("attn", 192, "_causal", causal=True),
     _study("ssm", 192, paper=(6.0, 0.399, (86.3, 63.1))),
     _study("ssm", 192, "_bi", bidirectional=True),
+    # VMamba v0 (vmamba.py), the main table's vision Mamba: its own paper's numbers (params
+    # without the classifier, FLOPs in its fvcore + selective-scan convention, top-1), the
+    # drop path of its configs (B: 0.6 with EMA, the run behind 83.7).
+    Variant("vmamba_tiny", (2, 2, 9, 2), (96, 192, 384, 768), drop_path=0.2, arch="vmamba",
+            paper_params_m=22, paper_macs_g=5.6, paper_top1=82.2, source="VMamba v0", params_without_head=True),
+    Variant("vmamba_small", (2, 2, 27, 2), (96, 192, 384, 768), drop_path=0.3, arch="vmamba",
+            paper_params_m=44, paper_macs_g=11.2, paper_top1=83.5, source="VMamba v0", params_without_head=True),
+    Variant("vmamba_base", (2, 2, 27, 2), (128, 256, 512, 1024), drop_path=0.6, arch="vmamba",
+            paper_params_m=75, paper_macs_g=18.0, paper_top1=83.7, source="VMamba v0", params_without_head=True),
 ]:
     VARIANTS[_v.name] = _v

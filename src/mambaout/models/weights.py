@@ -3,7 +3,9 @@
 Accepted: timm's MambaOut layout (ours), the official release's layout, either
 plain or wrapped in {'model': ...} / {'state_dict': ...} (and DDP's 'module.'
 prefix), stored as .pth/.pt/.bin (torch.load with weights_only=True, so no
-arbitrary objects are unpickled) or .safetensors.
+arbitrary objects are unpickled; a released checkpoint's yacs config comes back as a
+plain OrderedDict, see InertConfig) or .safetensors. VMamba v0's official layout is our own
+(models/vmamba.py keeps its names).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import os
 import pickle
 import re
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Dict
 
@@ -23,6 +26,25 @@ from ..errors import CheckpointError, first_line
 log = logging.getLogger("mambaout")
 
 CLASSIFIER_KEYS = ("head.fc.weight", "head.fc.bias")
+
+
+class InertConfig:
+    """Stands in for a training script's config object pickled beside the weights (VMamba's
+    released checkpoints hold a yacs CfgNode under 'config'): unpickling it makes a plain
+    OrderedDict of what was stored (torch's weights-only unpickler fills those), never an
+    instance of the original class, so no code of it runs."""
+
+    def __new__(cls, *args, **kwargs):
+        return OrderedDict()
+
+
+def _inert(module: str, name: str):
+    return type(name, (InertConfig,), {"__module__": module, "__qualname__": name})
+
+
+# The config classes that may come with released weights, read as InertConfig; any other
+# pickled object still makes the load fail ("refusing to load").
+INERT_GLOBALS = [_inert("yacs.config", "CfgNode")]
 HUB_FILE = "model.safetensors"
 
 
@@ -45,7 +67,8 @@ def read_checkpoint(path) -> dict:
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol chatter is not the user's problem
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(INERT_GLOBALS):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         full = str(e)
         found = re.search(r"(?:unsupported GLOBAL|Unsupported global:?)\s*(?:GLOBAL\s*)?([\w.]+)", full)
@@ -98,6 +121,17 @@ def official_to_timm(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
+def classifier_keys(model: nn.Module):
+    """The state-dict keys of `model`'s classifier (timm's get_classifier(): head.fc for
+    MambaOut, head for VMamba and the isotropic models); head.fc's without one."""
+    get = getattr(model, "get_classifier", None)
+    fc = get() if get is not None else None
+    for name, module in model.named_modules():
+        if fc is not None and module is fc and name:
+            return (f"{name}.weight", f"{name}.bias")
+    return CLASSIFIER_KEYS
+
+
 def fit_state_dict(model: nn.Module, sd: Dict[str, torch.Tensor], source: str = "checkpoint") -> dict:
     """Load `sd` into `model` strictly, except that a classifier of another class count is
     re-initialised (and reported). Raises CheckpointError naming the first bad key."""
@@ -106,10 +140,11 @@ def fit_state_dict(model: nn.Module, sd: Dict[str, torch.Tensor], source: str = 
     info = {"reinit_classifier": False}
 
     # A different class count: keep the backbone, start a fresh classifier.
-    ckpt_fc = sd.get("head.fc.weight")
-    own_fc = own.get("head.fc.weight")
+    fc_keys = classifier_keys(model)
+    ckpt_fc = sd.get(fc_keys[0])
+    own_fc = own.get(fc_keys[0])
     if ckpt_fc is not None and (own_fc is None or own_fc.shape != ckpt_fc.shape):
-        for k in CLASSIFIER_KEYS:
+        for k in fc_keys:
             sd.pop(k, None)
         if own_fc is not None:
             info["reinit_classifier"] = True
@@ -130,7 +165,7 @@ def fit_state_dict(model: nn.Module, sd: Dict[str, torch.Tensor], source: str = 
             raise CheckpointError(
                 f"{source} does not fit the model: '{k}' has shape {tuple(v.shape)} in the "
                 f"checkpoint but {tuple(own[k].shape)} in the model (is it another variant?)")
-    missing = [k for k in own if k not in sd and not (info["reinit_classifier"] and k in CLASSIFIER_KEYS)]
+    missing = [k for k in own if k not in sd and not (info["reinit_classifier"] and k in fc_keys)]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
         parts = []
@@ -139,7 +174,7 @@ def fit_state_dict(model: nn.Module, sd: Dict[str, torch.Tensor], source: str = 
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (first: '{unexpected[0]}')")
         raise CheckpointError(f"{source} does not fit the model: " + ", ".join(parts)
-                              + " (is it a MambaOut checkpoint of this variant?)")
+                              + f" (is it a checkpoint of this variant, {type(model).__name__}?)")
     model.load_state_dict(sd, strict=not info["reinit_classifier"])
     return info
 
@@ -152,8 +187,9 @@ def load_checkpoint(model: nn.Module, path, strict_classes: bool = False) -> dic
     """
     obj = read_checkpoint(path)
     sd = official_to_timm(extract_state_dict(obj))
-    if strict_classes and "head.fc.weight" in sd and "head.fc.weight" in model.state_dict():
-        a, b = sd["head.fc.weight"].shape[0], model.state_dict()["head.fc.weight"].shape[0]
+    fc = classifier_keys(model)[0]
+    if strict_classes and fc in sd and fc in model.state_dict():
+        a, b = sd[fc].shape[0], model.state_dict()[fc].shape[0]
         if a != b:
             raise CheckpointError(f"checkpoint {path} has {a} classes, the model has {b}")
     info = fit_state_dict(model, sd, source=f"checkpoint {path}")

@@ -11,7 +11,7 @@ import torch
 
 from ...data import eval_transform, load_image
 from ...engine import checkpoint as ckpt
-from ...models import create_model, get_variant
+from ...models import create_model, get_variant, pretrained_cfg
 from ...models.onnx import OnnxModel
 from ...models.weights import extract_state_dict, fit_state_dict, official_to_timm, read_checkpoint
 from .. import task_command
@@ -57,7 +57,7 @@ def load_for_inference(checkpoint=None, model_name: Optional[str] = None, pretra
         if not model_name:
             raise MambaOutError(f"{checkpoint} is a plain weights file: also pass --model NAME")
         sd = official_to_timm(extract_state_dict(obj))
-        fc = sd.get("head.fc.weight")
+        fc = sd.get(pretrained_cfg(model_name)["classifier"] + ".weight")
         num_classes = int(fc.shape[0]) if fc is not None else 1000
         model = create_model(model_name, num_classes=num_classes)
         fit_state_dict(model, sd, source=f"checkpoint {checkpoint}")

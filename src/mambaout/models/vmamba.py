@@ -1,0 +1,289 @@
+"""VMamba, the first ("v0", "Vanilla-VMamba") design the paper compares MambaOut against, in
+pure PyTorch (CPU and GPU; no CUDA kernel build).
+
+Facts from the VMamba repository (MzeroMiko/VMamba, the v0 code at commit 80959a76,
+classification/models/vmamba/vmamba.py, and configs/vssm/vmambav0_*_224.yaml):
+
+* Patch embedding: conv 4x4 stride 4 with bias, then LayerNorm; the network runs channels
+  last (NHWC). Downsampling at the end of stages 1-3: Swin's patch merging (the 2x2
+  neighbours concatenated in the order (0,0), (1,0), (0,1), (1,1), LayerNorm(4C), Linear
+  4C -> 2C without bias; odd sizes drop the last row / column, as the v0 code does). Head:
+  LayerNorm per token, global average pool, Linear. All norms LayerNorm, eps 1e-5.
+* VSS block: x + DropPath(SS2D(LN(x))); no MLP.
+* SS2D: in_proj C -> 2E (E = 2C, no bias) split into x, z; x -> depthwise 3x3 conv (bias)
+  -> SiLU; K = 4 scan orders of the H x W map: row-major, column-major and both reversed;
+  per direction x_proj E -> R + 2N (no bias) and dt_proj R -> E (bias), stored stacked over
+  the directions (x_proj_weight (K, R + 2N, E), dt_projs_weight (K, E, R), dt_projs_bias
+  (K, E)); R = ceil(C / 16), N = d_state = 16; A_logs (K E, N) S4D-real, Ds (K E,) ones, dt
+  init as Mamba; the selective scan with softplus on delta + bias, in float32; the four
+  outputs mapped back to row-major and summed; LayerNorm(E); times SiLU(z); out_proj E -> C.
+* The state-dict names are the official ones (patch_embed.proj, layers.N.blocks.M.ln_1,
+  layers.N.blocks.M.self_attention.x_proj_weight, layers.N.downsample.reduction, norm,
+  head), so the released v0 checkpoints load strictly.
+
+The scan is the library's one selective scan (ssm.run_scan): the four directions are folded
+into the batch with their own A and D; its MACs are declared in VMamba's convention,
+9 B L D N + B D L with D = K E.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
+from torch.utils.checkpoint import checkpoint
+
+from .blocks import nhwc_to_nchw, stage_indices
+from .ssm import run_scan
+
+K = 4   # scan directions
+
+
+class PatchEmbed(nn.Module):
+    """Conv 4x4 stride 4 (with bias) + LayerNorm: NCHW image -> NHWC tokens."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int = 4):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class PatchMerging(nn.Module):
+    """Swin's 2x2 patch merging on NHWC maps: concat, LayerNorm(4C), Linear 4C -> 2C (no bias)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2     # odd sizes: the last row / column drop
+        x = x[:, :h, :w]
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    return x + torch.log(-torch.expm1(-x))
+
+
+class SS2D(nn.Module):
+    """VMamba's 2D selective scan over four directions (module docstring), on NHWC maps."""
+
+    def __init__(self, dim: int, d_state: int = 16, expand: float = 2.0, d_conv: int = 3,
+                 dt_rank: Optional[int] = None, dt_min: float = 1e-3, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4, chunk: Optional[int] = None):
+        super().__init__()
+        self.dim, self.d_state = dim, d_state
+        self.d_inner = inner = int(expand * dim)
+        self.dt_rank = rank = dt_rank if dt_rank is not None else math.ceil(dim / 16)
+        self.chunk = chunk                      # ssm.run_scan's: None picks, 0 = the recurrence
+        self._dt_range = (dt_min, dt_max, dt_init_floor)
+        self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
+        self.conv2d = nn.Conv2d(inner, inner, d_conv, padding=(d_conv - 1) // 2, groups=inner)
+        self.x_proj_weight = nn.Parameter(torch.empty(K, rank + 2 * d_state, inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(K, inner, rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(K, inner))
+        self.A_logs = nn.Parameter(torch.empty(K * inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(K * inner))
+        self.out_norm = nn.LayerNorm(inner)
+        self.out_proj = nn.Linear(inner, dim, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """x_proj as nn.Linear's default; dt_proj, A_logs and Ds as Mamba (and VMamba) initialise."""
+        inner, rank = self.d_inner, self.dt_rank
+        bound = 1 / math.sqrt(inner)             # nn.Linear's default for x_proj
+        nn.init.uniform_(self.x_proj_weight, -bound, bound)
+        nn.init.uniform_(self.dt_projs_weight, -rank ** -0.5, rank ** -0.5)
+        dt_min, dt_max, floor = self._dt_range
+        dev = self.dt_projs_bias.device
+        log_dt = torch.rand(K, inner, device=dev) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        self.dt_projs_bias.copy_(_inverse_softplus(log_dt.exp().clamp(min=floor)))
+        self.A_logs.copy_(torch.arange(1, self.d_state + 1, dtype=torch.float32, device=dev).log().expand(K * inner, -1))
+        self.Ds.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        u = F.silu(self.conv2d(u.permute(0, 3, 1, 2)))                       # (b, E, h, w)
+        y = self.scan(u)                                                     # (b, h, w, E) float32
+        y = self.out_norm(y.to(x.dtype)) * F.silu(z)
+        return self.out_proj(y)
+
+    def scan(self, u: torch.Tensor) -> torch.Tensor:
+        """(b, E, h, w) -> the four directions' outputs, mapped back to row-major and summed,
+        as (b, h, w, E) in float32."""
+        b, e, h, w = u.shape
+        L, n, r = h * w, self.d_state, self.dt_rank
+        rows, cols = u.reshape(b, e, L), u.transpose(2, 3).reshape(b, e, L)
+        xs = torch.stack([rows, cols, rows.flip(-1), cols.flip(-1)], dim=1)  # (b, K, E, L)
+        proj = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight.to(xs.dtype))
+        dts, Bs, Cs = proj.split([r, n, n], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(xs.dtype))
+        delta = F.softplus(dts.float() + self.dt_projs_bias.float()[None, :, :, None])
+        seq = lambda t: t.transpose(2, 3).reshape(b * K, L, -1)             # (b, K, c, L) -> (b K, L, c)
+        A = -torch.exp(self.A_logs.float()).view(1, K, e, n).expand(b, -1, -1, -1).reshape(b * K, e, n)
+        D = self.Ds.float().view(1, K, 1, e).expand(b, -1, -1, -1).reshape(b * K, 1, e)
+        y = run_scan(seq(xs.float()), seq(delta), A, seq(Bs.float()), seq(Cs.float()), D,
+                     chunk=self.chunk).view(b, K, L, e)
+        y_rows = y[:, 0] + y[:, 2].flip(1)                                   # row-major order
+        y_cols = (y[:, 1] + y[:, 3].flip(1)).view(b, w, h, e).transpose(1, 2)
+        return y_rows.view(b, h, w, e) + y_cols
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}"
+
+
+class VSSBlock(nn.Module):
+    """x + DropPath(SS2D(LN(x))) on NHWC maps."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, d_state: int = 16, **ss2d):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.self_attention = SS2D(dim, d_state=d_state, **ss2d)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.self_attention(self.ln_1(x)))
+
+
+class VSSLayer(nn.Module):
+    """One stage: its blocks, then (stages 1-3) the patch merging to the next width."""
+
+    def __init__(self, dim: int, depth: int, drop_path: Sequence[float], downsample: bool, **block):
+        super().__init__()
+        self.blocks = nn.ModuleList([VSSBlock(dim, drop_path[i], **block) for i in range(depth)])
+        self.downsample = PatchMerging(dim) if downsample else None
+        self.grad_checkpointing = False
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = checkpoint(blk, x, use_reentrant=False) if self.grad_checkpointing and x.requires_grad else blk(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_blocks(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class VMamba(nn.Module):
+    """VMamba v0 (VSSM) with timm's classifier and feature interface.
+
+    depths / dims: per stage (T: (2, 2, 9, 2), 96-768; S, B: (2, 2, 27, 2), 96-768 / 128-1024).
+    drop_path_rate: peak stochastic depth, linear over the blocks. global_pool: "avg" or "".
+    chunk: the selective scan's (ssm.run_scan): None picks by size and device.
+    """
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 1000, depths=(2, 2, 9, 2),
+                 dims=(96, 192, 384, 768), d_state: int = 16, drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, global_pool: str = "avg", chunk: Optional[int] = None):
+        super().__init__()
+        if len(depths) != len(dims):
+            raise ValueError(f"depths {tuple(depths)} and dims {tuple(dims)} differ in length")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
+        self.dims = tuple(dims)
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.patch_embed = PatchEmbed(in_chans, dims[0])
+        dpr = [drop_path_rate * i / max(1, sum(depths) - 1) for i in range(sum(depths))]   # linear from 0
+        starts = [sum(depths[:i]) for i in range(len(depths))]
+        self.layers = nn.ModuleList([
+            VSSLayer(dims[i], depths[i], dpr[starts[i]:starts[i] + depths[i]], downsample=i < len(dims) - 1,
+                     d_state=d_state, chunk=chunk)
+            for i in range(len(depths))])
+        for i in range(len(dims) - 1):
+            if dims[i + 1] != 2 * dims[i]:
+                raise ValueError(f"patch merging doubles the width: dims {tuple(dims)} must double per stage")
+        self.norm = nn.LayerNorm(dims[-1])
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info = [dict(num_chs=d, reduction=4 * 2 ** i, module=f"layers.{i}") for i, d in enumerate(dims)]
+        self.pretrained_cfg: dict = {}
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        # VMamba v0: Linear trunc_normal(0.02) with zero bias, LayerNorm ones / zeros; the convs
+        # and SS2D's own parameters keep their initialisation (SS2D.reset_parameters).
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ---- timm's interface ------------------------------------------------------------------
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        for layer in self.layers:
+            layer.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {name for name, _ in self.named_parameters() if name.endswith(("A_logs", "Ds"))}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self._init_weights(self.head)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """NCHW image -> NHWC map at stride 32, normalised per token."""
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(1, 2))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
+            norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Each stage's output before its patch merging (strides 4, 8, 16, 32). indices: None =
+        all, an int n = the last n, or stage indices. norm: the final LayerNorm on the last
+        stage's map (the others have none in VMamba). Returns (final features, intermediates)
+        or only the intermediates."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take = stage_indices(len(self.layers), indices)
+        last = max(take) if stop_early else len(self.layers) - 1
+        intermediates = []
+        x = self.patch_embed(x)
+        for i, layer in enumerate(self.layers[:last + 1]):
+            x = layer.forward_blocks(x)
+            if i in take:
+                y = self.norm(x) if norm and i == len(self.layers) - 1 else x
+                intermediates.append(nhwc_to_nchw(y).contiguous() if output_fmt == "NCHW" else y)
+            if layer.downsample is not None and i < last:
+                x = layer.downsample(x)
+        if intermediates_only:
+            return intermediates
+        return (self.norm(x) if last == len(self.layers) - 1 else x), intermediates
