@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from mambaout.models import costs
 from mambaout.analysis.complexity import MacCounter
-from mambaout.models.ssm import SelectiveSSM, scan_macs, selective_scan, selective_scan_ref
+from mambaout.models.ssm import SelectiveSSM, scan_macs, selective_scan, selective_scan_ref, selective_scan_steps
 
 
 def scan_inputs(batch, length, channels, d_state, dtype=torch.float32, big=False):
@@ -39,6 +39,20 @@ def test_chunked_equals_recurrence_float32(length, recompute):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * b.abs().max()), name
 
 
+@pytest.mark.parametrize("length", [1, 7, 300])
+def test_batched_recurrence_equals_the_reference(length, monkeypatch):
+    """selective_scan_steps (run_scan's recurrence) in blocks of tokens equals the step-by-step
+    reference in forward and backward, also when the sequence spans several blocks."""
+    import mambaout.models.ssm as ssm
+    monkeypatch.setattr(ssm, "GROUP_ELEMENTS", 2 * 12 * 5 * 64)          # blocks of 64 tokens
+    inputs = scan_inputs(2, length, 12, 5)
+    y_ref, g_ref = _grads(selective_scan_ref, inputs)
+    y, g = _grads(selective_scan_steps, inputs)
+    assert torch.allclose(y, y_ref, rtol=1e-5, atol=1e-5 * y_ref.abs().max())
+    for name, a, b in zip("u delta A B C D".split(), g, g_ref):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * b.abs().max()), name
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_per_sequence_parameters_equal_separate_scans(dtype):
     """A (batch, channels, N) and D (batch, 1, channels): each sequence scans with its own A and
@@ -54,7 +68,7 @@ def test_per_sequence_parameters_equal_separate_scans(dtype):
     alone = lambda *a: torch.cat([selective_scan_ref(u_[None], d_[None], a_, b_[None], c_[None], dd_[0])
                                   for u_, d_, a_, b_, c_, dd_ in zip(*a)])
     y_ref, g_ref = _grads(alone, [u, delta, A, B, C, D])
-    for fn in (selective_scan_ref, lambda *a: selective_scan(*a, chunk=4),
+    for fn in (selective_scan_ref, selective_scan_steps, lambda *a: selective_scan(*a, chunk=4),
                lambda *a: selective_scan(*a, chunk=4, recompute=True)):
         y, grads = _grads(fn, [u, delta, A, B, C, D])
         assert torch.allclose(y, y_ref, rtol=1e-5, atol=1e-5 * y_ref.abs().max())

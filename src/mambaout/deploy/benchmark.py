@@ -441,7 +441,8 @@ def format_table4(records: List[Dict]) -> str:
         for name in (theirs, ours):
             rows = {m: got.get((name, m)) for m in ("train", "infer")}
             macs = next((r["gmacs_per_img"] for r in rows.values() if r), 0.0)
-            cells = "".join(f"{r['img_per_s']:>13.1f}" if r else f"{'-':>13}" for r in rows.values())
+            cells = "".join((f"{r['img_per_s']:>13.2f}" if r["img_per_s"] < 10 else f"{r['img_per_s']:>13.1f}")
+                            if r else f"{'-':>13}" for r in rows.values())
             paper = PAPER_TABLE4[name]
             lines.append(f"{name:<16}{macs:>8.2f}{cells}{paper[0]:>13}{paper[1]:>13}")
         for m, i in (("train", 0), ("infer", 1)):

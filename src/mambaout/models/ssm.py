@@ -94,6 +94,31 @@ def selective_scan_ref(u, delta, A, B, C, D=None):
     return y if D is None else y + u * D
 
 
+def selective_scan_steps(u, delta, A, B, C, D=None):
+    """The recurrence, as `selective_scan_ref` computes it, with the per-token work batched: for
+    a block of tokens the decays exp(delta A) and the inputs delta B u are computed at once, the
+    loop does one fused multiply-add per token (h = decay * h + input), and the block's outputs
+    are contracted with C at once. Blocks hold at most GROUP_ELEMENTS state elements per tensor.
+    Same arguments and result as `selective_scan_ref`; ~1 op per token instead of ~6."""
+    batch, length, channels = u.shape
+    n = A.shape[-1]
+    A_t = A if A.dim() == 2 else A[:, None]                      # broadcast over the block's tokens
+    block = max(1, GROUP_ELEMENTS // (batch * channels * n))
+    h = u.new_zeros(batch, channels, n)
+    ys = []
+    for s in range(0, length, block):
+        d, x = delta[:, s:s + block], u[:, s:s + block]
+        decay = torch.exp(d.unsqueeze(-1) * A_t)                 # (batch, t, channels, N)
+        inputs = (d * x).unsqueeze(-1) * B[:, s:s + block].unsqueeze(2)
+        states = []
+        for a_t, x_t in zip(decay.unbind(1), inputs.unbind(1)):
+            h = torch.addcmul(x_t, a_t, h)
+            states.append(h)
+        ys.append(torch.einsum("btcn,btn->btc", torch.stack(states, dim=1), C[:, s:s + block]))
+    y = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
+    return y if D is None else y + u * D
+
+
 def selective_scan(u, delta, A, B, C, D=None, chunk: int = DEFAULT_CHUNK,
                    recompute: Optional[bool] = None):
     """Chunked selective scan; same arguments and result as `selective_scan_ref`.
@@ -197,7 +222,7 @@ def run_scan(u, delta, A, B, C, D=None, chunk: Optional[int] = None):
     with costs.declare_macs(scan_macs(batch, length, channels, n)):
         if u.is_meta:   # counting on the meta device: only the shape matters (no L-step loop)
             return u.new_empty(u.shape)
-        return selective_scan(u, delta, A, B, C, D, chunk=chunk) if chunk else selective_scan_ref(u, delta, A, B, C, D)
+        return selective_scan(u, delta, A, B, C, D, chunk=chunk) if chunk else selective_scan_steps(u, delta, A, B, C, D)
 
 
 def scan_macs(batch: int, length: int, channels: int, d_state: int) -> int:
