@@ -190,3 +190,11 @@ def test_dense_heads_sizes():
         det = mambaout.create_model("mask_rcnn_vmamba_tiny")
     assert type(up.backbone).__name__ == "VMambaBackbone"
     assert round_half_up(count_params(det) / 1e6, 0) == 42
+
+
+def test_export_is_refused_in_one_line(tmp_path, capsys):
+    """The traced scan would be fixed to one batch and size: refused before any file is written."""
+    out = tmp_path / "v.onnx"
+    assert main(["export", "vmamba_tiny", "--format", "onnx", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be exported yet" in err[0] and not out.exists()

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import MambaOutError, require
+from ..errors import MambaOutError, first_line, require
 from ..models.onnx import onnx_metadata, onnx_session
 from ..utils import atomic_write
 
@@ -74,7 +74,11 @@ def check_parity(model: torch.nn.Module, path, fmt: str, sizes=((2, 224), (3, 16
         x = torch.randn(batch, getattr(model, "in_chans", 3), size, size)
         with torch.no_grad():
             ref = model(x).numpy()
-            out = sess.run(None, {"input": x.numpy()})[0] if fmt == "onnx" else sess(x).numpy()
+            try:
+                out = sess.run(None, {"input": x.numpy()})[0] if fmt == "onnx" else sess(x).numpy()
+            except Exception as e:  # noqa: BLE001 - ONNX Runtime / TorchScript raise their own types
+                raise MambaOutError(f"the exported {fmt} file does not run on a batch of {batch} at {size}px: "
+                                    f"{first_line(e, 200)}") from None
         worst = max(worst, float(np.abs(out - ref).max()))
     return worst
 
@@ -110,8 +114,12 @@ def export(model_name: str, fmt: str, output, checkpoint=None, pretrained: bool 
         model, info = create_model(model_name, img_size=img_size).eval(), {"img_size": None}
     size = img_size or info.get("img_size") or model.pretrained_cfg["input_size"][-1]
     cfg = model.pretrained_cfg
+    if getattr(model, "export_unsupported", None):
+        raise MambaOutError(f"{getattr(model, 'variant', model_name)} cannot be exported yet: "
+                            f"{model.export_unsupported}")
     # A learned position embedding (the ViT-like study models) fixes the image size.
-    dynamic_size = fmt == "onnx" and getattr(model, "pos_embed", None) is None
+    fixed = getattr(model, "pos_embed", None) is not None
+    dynamic_size = fmt == "onnx" and not fixed
     if fmt == "onnx":
         meta = {"model_name": getattr(model, "variant", model_name), "num_classes": model.num_classes,
                 "class_names": info.get("class_names"), "img_size": size,
@@ -124,7 +132,7 @@ def export(model_name: str, fmt: str, output, checkpoint=None, pretrained: bool 
     result = {"model": getattr(model, "variant", model_name), "format": fmt, "output": str(output),
               "img_size": size, "num_classes": model.num_classes, "dynamic_size": dynamic_size}
     if check:
-        small = max(32, size * 3 // 4 // 32 * 32) if getattr(model, "pos_embed", None) is None else size
+        small = size if fixed else max(32, size * 3 // 4 // 32 * 32)
         diff = check_parity(model, output, fmt, sizes=((2, size), (3, small)))
         result["max_abs_diff"] = diff
         if diff > PARITY_ATOL:

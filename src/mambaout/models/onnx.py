@@ -22,6 +22,7 @@ def onnx_session(path, threads: Optional[int] = None):
     if not Path(path).is_file():
         raise MambaOutError(f"ONNX file not found: {path}")
     opts = ort.SessionOptions()
+    opts.log_severity_level = 3     # errors reach the user as one line (MambaOutError), not ORT's log
     if threads:
         opts.intra_op_num_threads = threads
     try:

@@ -182,6 +182,10 @@ class VMamba(nn.Module):
     chunk: the selective scan's (ssm.run_scan): None picks by size and device.
     """
 
+    # deploy/export.py refuses with this reason (one line) rather than write a file that fails.
+    export_unsupported = ("the selective scan is a Python loop over tokens, which tracing unrolls into a "
+                          "graph fixed to one batch and image size")
+
     def __init__(self, in_chans: int = 3, num_classes: int = 1000, depths=(2, 2, 9, 2),
                  dims=(96, 192, 384, 768), d_state: int = 16, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, global_pool: str = "avg", chunk: Optional[int] = None):
