@@ -44,5 +44,5 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
-SLOW_WORDS = ("torchrun", "sigterm", "sigkill", "printed", "end_to_end", "full_disk", "worker")
+SLOW_WORDS = ("torchrun", "sigterm", "sigkill", "printed", "end_to_end", "full_disk", "worker", "memory_is_bounded")
 SLOW_FILES = ("test_demo.py", "test_lowp.py")
