@@ -192,9 +192,11 @@ def test_dense_heads_sizes():
     assert round_half_up(count_params(det) / 1e6, 0) == 42
 
 
-def test_export_is_refused_in_one_line(tmp_path, capsys):
-    """The traced scan would be fixed to one batch and size: refused before any file is written."""
+@pytest.mark.parametrize("name", ["vmamba_tiny", "study_ssm_d64"])
+def test_export_is_refused_in_one_line(name, tmp_path, capsys):
+    """A model with a selective scan (VMamba, the Table 8 SSM) is refused before any file is
+    written: the traced scan would be fixed to one batch and size."""
     out = tmp_path / "v.onnx"
-    assert main(["export", "vmamba_tiny", "--format", "onnx", "-o", str(out)]) == 2
+    assert main(["export", name, "--format", "onnx", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot be exported yet" in err[0] and not out.exists()

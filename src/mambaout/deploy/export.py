@@ -34,8 +34,11 @@ def export_onnx(model: torch.nn.Module, path, img_size: int = 224, opset: int = 
     def write(tmp):
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), tmp, dynamo=False, input_names=["input"], output_names=["logits"],
-                              dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
+            try:
+                torch.onnx.export(model, (x,), tmp, dynamo=False, input_names=["input"], output_names=["logits"],
+                                  dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
+            except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:   # an op ONNX lacks, ...
+                raise MambaOutError(f"cannot export to ONNX: {first_line(e, 200)}") from None
         if metadata:
             proto = onnx.load(tmp)
             for k, v in metadata.items():
@@ -114,9 +117,9 @@ def export(model_name: str, fmt: str, output, checkpoint=None, pretrained: bool 
         model, info = create_model(model_name, img_size=img_size).eval(), {"img_size": None}
     size = img_size or info.get("img_size") or model.pretrained_cfg["input_size"][-1]
     cfg = model.pretrained_cfg
-    if getattr(model, "export_unsupported", None):
-        raise MambaOutError(f"{getattr(model, 'variant', model_name)} cannot be exported yet: "
-                            f"{model.export_unsupported}")
+    reason = next((m.export_unsupported for m in model.modules() if getattr(m, "export_unsupported", None)), None)
+    if reason:
+        raise MambaOutError(f"{getattr(model, 'variant', model_name)} cannot be exported yet: {reason}")
     # A learned position embedding (the ViT-like study models) fixes the image size.
     fixed = getattr(model, "pos_embed", None) is not None
     dynamic_size = fmt == "onnx" and not fixed

@@ -74,6 +74,14 @@ GROUP_ELEMENTS = 2 ** 22
 RECOMPUTE_ELEMENTS = 2 ** 24
 
 
+# Why a model with a selective scan is not exported (deploy/export.py refuses in one line rather
+# than write a file that fails): the scan is a Python loop over tokens, which tracing unrolls
+# into a graph fixed to one batch and image size, and the chunked scan uses tril_indices, which
+# ONNX lacks.
+EXPORT_UNSUPPORTED = ("the selective scan is a Python loop over tokens, which tracing unrolls into a graph "
+                      "fixed to one batch and image size")
+
+
 def selective_scan_ref(u, delta, A, B, C, D=None):
     """Reference selective scan: the recurrence, one step per token.
 
@@ -256,6 +264,8 @@ class SelectiveSSM(nn.Module):
     does) and the output is cast back; the model-level init skips dt_proj (flagged with
     `_keep_init`) so that Mamba's dt init survives.
     """
+
+    export_unsupported = EXPORT_UNSUPPORTED
 
     def __init__(self, dim: int, d_state: int = 16, dt_rank: Optional[int] = None,
                  bidirectional: bool = False, chunk: Optional[int] = None,

@@ -37,6 +37,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import nhwc_to_nchw, stage_indices
+from . import ssm
 from .ssm import run_scan
 
 K = 4   # scan directions
@@ -75,6 +76,8 @@ def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
 
 class SS2D(nn.Module):
     """VMamba's 2D selective scan over four directions (module docstring), on NHWC maps."""
+
+    export_unsupported = ssm.EXPORT_UNSUPPORTED
 
     def __init__(self, dim: int, d_state: int = 16, expand: float = 2.0, d_conv: int = 3,
                  dt_rank: Optional[int] = None, dt_min: float = 1e-3, dt_max: float = 0.1,
@@ -181,10 +184,6 @@ class VMamba(nn.Module):
     drop_path_rate: peak stochastic depth, linear over the blocks. global_pool: "avg" or "".
     chunk: the selective scan's (ssm.run_scan): None picks by size and device.
     """
-
-    # deploy/export.py refuses with this reason (one line) rather than write a file that fails.
-    export_unsupported = ("the selective scan is a Python loop over tokens, which tracing unrolls into a "
-                          "graph fixed to one batch and image size")
 
     def __init__(self, in_chans: int = 3, num_classes: int = 1000, depths=(2, 2, 9, 2),
                  dims=(96, 192, 384, 768), d_state: int = 16, drop_rate: float = 0.0,
