@@ -51,18 +51,9 @@ class MambaOutBackbone(nn.Module):
     def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), **model_kwargs):
         super().__init__()
         full = MambaOut(num_classes=0, **model_kwargs)
-        n = len(full.stages)
-        if not out_indices or any(not isinstance(i, int) or not 0 <= i < n for i in out_indices):
-            raise ValueError(f"out_indices must be stage indices in 0..{n - 1}, got {tuple(out_indices)}")
-        self.out_indices = tuple(sorted(set(out_indices)))
-        self.in_chans = full.in_chans
+        _set_outputs(self, out_indices, full, LayerNorm)
         self.stem = full.stem
         self.stages = full.stages[:self.out_indices[-1] + 1]
-        info = full.feature_info
-        self.out_norms = nn.ModuleDict({str(i): LayerNorm(info[i]["num_chs"]) for i in self.out_indices})
-        self.feature_info: List[Dict] = [dict(info[i]) for i in self.out_indices]
-        self.out_channels: List[int] = [f["num_chs"] for f in self.feature_info]
-        self.out_strides: List[int] = [f["reduction"] for f in self.feature_info]
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
@@ -107,19 +98,10 @@ class VMambaBackbone(nn.Module):
     def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), **model_kwargs):
         super().__init__()
         full = VMamba(num_classes=0, **model_kwargs)
-        n = len(full.layers)
-        if not out_indices or any(not isinstance(i, int) or not 0 <= i < n for i in out_indices):
-            raise ValueError(f"out_indices must be stage indices in 0..{n - 1}, got {tuple(out_indices)}")
-        self.out_indices = tuple(sorted(set(out_indices)))
-        self.in_chans = full.in_chans
+        _set_outputs(self, out_indices, full, nn.LayerNorm)
         self.patch_embed = full.patch_embed
         self.layers = full.layers[:self.out_indices[-1] + 1]
         self.layers[-1].downsample = None          # nothing is computed after the last output
-        info = full.feature_info
-        self.out_norms = nn.ModuleDict({str(i): nn.LayerNorm(info[i]["num_chs"]) for i in self.out_indices})
-        self.feature_info: List[Dict] = [dict(info[i]) for i in self.out_indices]
-        self.out_channels: List[int] = [f["num_chs"] for f in self.feature_info]
-        self.out_strides: List[int] = [f["reduction"] for f in self.feature_info]
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
@@ -146,6 +128,21 @@ class VMambaBackbone(nn.Module):
             return (not k.startswith(("head.", "norm.")) and not _unbuilt(k, r"layers\.(\d+)\.", len(self.layers))
                     and not k.startswith(f"layers.{last}.downsample."))
         _load_trunk(self, dict(sd), {"patch_embed": self.patch_embed, "layers": self.layers}, keep, source)
+
+
+def _set_outputs(backbone: nn.Module, out_indices: Sequence[int], full: nn.Module, norm) -> None:
+    """A backbone's output description from the full model's feature_info: out_indices (sorted,
+    checked), in_chans, a `norm` per output (out_norms), feature_info, out_channels, out_strides."""
+    info = full.feature_info
+    n = len(info)
+    if not out_indices or any(not isinstance(i, int) or not 0 <= i < n for i in out_indices):
+        raise ValueError(f"out_indices must be stage indices in 0..{n - 1}, got {tuple(out_indices)}")
+    backbone.out_indices = tuple(sorted(set(out_indices)))
+    backbone.in_chans = full.in_chans
+    backbone.out_norms = nn.ModuleDict({str(i): norm(info[i]["num_chs"]) for i in backbone.out_indices})
+    backbone.feature_info = [dict(info[i]) for i in backbone.out_indices]
+    backbone.out_channels = [f["num_chs"] for f in backbone.feature_info]
+    backbone.out_strides = [f["reduction"] for f in backbone.feature_info]
 
 
 BACKBONES = {"mambaout": (MambaOut, MambaOutBackbone), "vmamba": (VMamba, VMambaBackbone)}
