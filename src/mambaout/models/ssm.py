@@ -242,6 +242,22 @@ def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     return x + torch.log(-torch.expm1(-x))
 
 
+@torch.no_grad()
+def init_mamba_ssm(dt_weight, dt_bias, A_log, D, dt_rank: int, dt_range=(1e-3, 1e-1, 1e-4)):
+    """Mamba's initialisation of an SSM's parameters, in place (SelectiveSSM, VMamba's SS2D): the
+    dt projection's weight uniform in +-dt_rank**-0.5, its bias the inverse softplus of dt drawn
+    log-uniformly in [dt_min, dt_max] and floored at dt_init_floor (dt_range); A_log = log(1..N)
+    for every channel (S4D-real); D = 1. Any leading shape (VMamba stacks its 4 directions)."""
+    dt_min, dt_max, floor = dt_range
+    nn.init.uniform_(dt_weight, -dt_rank ** -0.5, dt_rank ** -0.5)
+    log_dt = torch.rand(dt_bias.shape, device=dt_bias.device) * (math.log(dt_max) - math.log(dt_min)) \
+        + math.log(dt_min)
+    dt_bias.copy_(_inverse_softplus(log_dt.exp().clamp(min=floor)))
+    n = A_log.shape[-1]
+    A_log.copy_(torch.arange(1, n + 1, dtype=torch.float32, device=A_log.device).log().expand_as(A_log))
+    D.fill_(1.0)
+
+
 class SelectiveSSM(nn.Module):
     """Mamba's selective SSM as a token mixer on (batch, L, channels) sequences.
 
@@ -292,18 +308,10 @@ class SelectiveSSM(nn.Module):
     @torch.no_grad()
     def reset_parameters(self):
         """Mamba's init of dt_proj, A_log and D (x_proj keeps nn.Linear's default)."""
-        dt_min, dt_max, floor = self._dt_range
         for sfx in self._suffixes():
             dt_proj = getattr(self, "dt_proj" + sfx)
-            bound = self.dt_rank ** -0.5
-            nn.init.uniform_(dt_proj.weight, -bound, bound)
-            device = dt_proj.bias.device
-            log_dt = torch.rand(self.dim, device=device) * (math.log(dt_max) - math.log(dt_min)) \
-                + math.log(dt_min)
-            dt_proj.bias.copy_(_inverse_softplus(log_dt.exp().clamp(min=floor)))
-            arange = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=device)
-            getattr(self, "A_log" + sfx).copy_(arange.log().expand(self.dim, -1))
-            getattr(self, "D" + sfx).fill_(1.0)
+            init_mamba_ssm(dt_proj.weight, dt_proj.bias, getattr(self, "A_log" + sfx), getattr(self, "D" + sfx),
+                           self.dt_rank, self._dt_range)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._scan(x, "")

@@ -70,10 +70,6 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
-def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
-    return x + torch.log(-torch.expm1(-x))
-
-
 class SS2D(nn.Module):
     """VMamba's 2D selective scan over four directions (module docstring), on NHWC maps."""
 
@@ -102,16 +98,10 @@ class SS2D(nn.Module):
     @torch.no_grad()
     def reset_parameters(self):
         """x_proj as nn.Linear's default; dt_proj, A_logs and Ds as Mamba (and VMamba) initialise."""
-        inner, rank = self.d_inner, self.dt_rank
-        bound = 1 / math.sqrt(inner)             # nn.Linear's default for x_proj
+        bound = 1 / math.sqrt(self.d_inner)      # nn.Linear's default for x_proj
         nn.init.uniform_(self.x_proj_weight, -bound, bound)
-        nn.init.uniform_(self.dt_projs_weight, -rank ** -0.5, rank ** -0.5)
-        dt_min, dt_max, floor = self._dt_range
-        dev = self.dt_projs_bias.device
-        log_dt = torch.rand(K, inner, device=dev) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        self.dt_projs_bias.copy_(_inverse_softplus(log_dt.exp().clamp(min=floor)))
-        self.A_logs.copy_(torch.arange(1, self.d_state + 1, dtype=torch.float32, device=dev).log().expand(K * inner, -1))
-        self.Ds.fill_(1.0)
+        ssm.init_mamba_ssm(self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds, self.dt_rank,
+                           self._dt_range)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
