@@ -392,7 +392,7 @@ def _update(st: TrainState, update: int) -> float:
     for micro in range(recipe.grad_accum_steps):
         batch = next(st.batches)
         if isinstance(batch, SampleFailure):
-            raise _stop_on_data_error(st, DataPipelineError(batch), st.epoch, update)
+            raise _stop_on_data_error(st, DataPipelineError(batch), update)
         st.skipped += _count(batch[2], st.reasons)
         seed = _micro_seed(recipe.seed, st.epoch, update, micro, d.rank)
         torch.manual_seed(seed)
@@ -457,7 +457,7 @@ def _stop_or_checkpoint(st: TrainState, update: int, validated: bool) -> bool:
     ending = st.global_step < st.total_updates and (st.stop_requested or done_updates)
     periodic = opts.checkpoint_every and st.global_step % opts.checkpoint_every == 0
     if st.d.is_main and not validated and (ending or periodic):
-        _save_last(_checkpoint(st, st.epoch, update + 1), st.out, st.saved, st.global_step)
+        _save_last(_checkpoint(st, update + 1), st.out, st.saved, st.global_step)
     if ending:
         st.status = "interrupted" if st.stop_requested else "stopped"
     return ending
@@ -478,7 +478,7 @@ def _validate_and_save(st: TrainState, update: int, lr: float):
         metrics = task.evaluate(st.ema.module if st.ema is not None else st.model, d, st.amp_dtype,
                                 opts.channels_last, opts.workers, opts.val_batch_size)
     except DataPipelineError as e:
-        raise _stop_on_data_error(st, e, st.epoch, update + 1) from None
+        raise _stop_on_data_error(st, e, update + 1) from None
     st.train_model.train()
     st.final = metrics[task.score_key]
     row = {"epoch": st.epoch + 1, "train_loss": st.loss_sum / max(st.loss_n, 1), **task.row(metrics),
@@ -504,17 +504,17 @@ def _report_and_save(st: TrainState, update: int, metrics: dict, row: dict, is_b
     log.info("%s: train loss %.4f, %s (best %.2f%% @ %s), %.1fs", where, row["train_loss"],
              task.describe(metrics), st.best, st.best_epoch if task.per_epoch else st.best_step,
              time.time() - st.t_interval)
-    s = _checkpoint(st, st.epoch, update + 1)
+    s = _checkpoint(st, update + 1)
     _save_last(s, st.out, st.saved, st.global_step)
     if is_best:      # weights, EMA, class names, recipe, metrics: no training state
         ckpt.save(ckpt.inference_state(s), st.out / "best.pth")
     logs.write_logs(st.out, st.history, st.tb, task.metric_keys, "epoch" if task.per_epoch else "step")
 
 
-def _checkpoint(st: TrainState, epoch: int, step_in_epoch: int) -> dict:
-    """What last.pth holds, at update `step_in_epoch` of `epoch` (the end of an epoch is
-    written as the start of the next)."""
-    task, recipe, d = st.task, st.recipe, st.d
+def _checkpoint(st: TrainState, step_in_epoch: int) -> dict:
+    """What last.pth holds, at update `step_in_epoch` of the current epoch (the end of an epoch
+    is written as the start of the next)."""
+    task, recipe, d, epoch = st.task, st.recipe, st.d, st.epoch
     if step_in_epoch == st.updates_per_epoch:
         epoch, step_in_epoch = epoch + 1, 0
     return {"format": ckpt.FORMAT, "task": task.name, "model_name": recipe.model,
@@ -530,15 +530,14 @@ def _checkpoint(st: TrainState, epoch: int, step_in_epoch: int) -> dict:
             "rng": ckpt.rng_state()}
 
 
-def _stop_on_data_error(st: TrainState, e: DataPipelineError, epoch: int, step_in_epoch: int
-                        ) -> DataPipelineError:
+def _stop_on_data_error(st: TrainState, e: DataPipelineError, step_in_epoch: int) -> DataPipelineError:
     """The error that ends the run after a data failure, with what was kept and how to go on."""
     # Save the state before the update that needed the sample (nothing of that update
     # was applied), then end with one line: what failed, what was kept, how to go on.
     if not st.d.is_main:  # rank 0 keeps the checkpoints; torchrun ends the other processes
         return DataPipelineError(e.failure, f"{e} (process rank {st.d.rank})")
     where = st.out / "last.pth"
-    _save_last(_checkpoint(st, epoch, step_in_epoch), st.out, st.saved, st.global_step)
+    _save_last(_checkpoint(st, step_in_epoch), st.out, st.saved, st.global_step)
     atomic_write(st.out / "error.log", lambda tmp: Path(tmp).write_text(e.failure.traceback))
     return DataPipelineError(e.failure, (
         f"{e}; progress saved in {where} ({st.global_step} updates), traceback in {st.out / 'error.log'}; "
