@@ -100,3 +100,12 @@ def _add_train_run_flags(s):
     s.add_argument("--log-tensorboard", action="store_true")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--max-updates", type=int, help="stop after N optimizer updates (smoke tests)")
+
+
+def _add_command_group(sub, name: str, help: str):
+    """`mambaout <name> train|eval|predict`: the group's parser (alone it prints its help and
+    exits 2) and its subcommands' subparsers (dest <name>_command)."""
+    group = sub.add_parser(name, help=help)
+    commands = group.add_subparsers(dest=f"{name}_command", metavar="train|eval|predict", parser_class=_Parser)
+    group.set_defaults(func=lambda args: (group.print_help(), 2)[1])
+    return commands

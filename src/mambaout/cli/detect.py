@@ -6,7 +6,7 @@ from typing import Optional
 
 from ..errors import MambaOutError
 from ..tasks.detection.recipe import DetRecipe
-from .common import _Parser, _add_run_flags, _add_train_run_flags, _amp, _plan, _report_images
+from .common import _add_command_group, _add_run_flags, _add_train_run_flags, _amp, _plan, _report_images
 from .flags import RecipeFlags
 
 # The DetRecipe fields `mambaout detect train` has flags for, in --help order; flags left at
@@ -83,9 +83,7 @@ def cmd_detect_predict(args) -> int:
 
 
 def add_detect_parser(sub):
-    det = sub.add_parser("detect", help="object detection + instance segmentation: Mask R-CNN on COCO-format data")
-    ds = det.add_subparsers(dest="detect_command", metavar="train|eval|predict", parser_class=_Parser)
-    det.set_defaults(func=lambda args: (det.print_help(), 2)[1])
+    ds = _add_command_group(sub, "detect", "object detection + instance segmentation: Mask R-CNN on COCO-format data")
 
     s = ds.add_parser("train", help="train Mask R-CNN (COCO 1x recipe with data; embedded digit canvases without)")
     s.add_argument("--data", help="COCO 2017 layout: annotations/instances_{train,val}2017.json, {train,val}2017/")

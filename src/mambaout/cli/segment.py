@@ -5,7 +5,7 @@ import json
 from typing import Optional
 
 from ..tasks.segmentation.recipe import SegRecipe
-from .common import _Parser, _add_run_flags, _add_train_run_flags, _amp, _fmt, _plan, _report_images
+from .common import _add_command_group, _add_run_flags, _add_train_run_flags, _amp, _fmt, _plan, _report_images
 from .flags import RecipeFlags
 
 # The SegRecipe fields `mambaout segment train` has flags for, in --help order
@@ -67,9 +67,7 @@ def cmd_segment_predict(args) -> int:
 
 
 def add_segment_parser(sub):
-    seg = sub.add_parser("segment", help="semantic segmentation: UperNet on ADE20K-layout data (train|eval|predict)")
-    ss = seg.add_subparsers(dest="segment_command", metavar="train|eval|predict", parser_class=_Parser)
-    seg.set_defaults(func=lambda args: (seg.print_help(), 2)[1])
+    ss = _add_command_group(sub, "segment", "semantic segmentation: UperNet on ADE20K-layout data (train|eval|predict)")
 
     s = ss.add_parser("train", help="train UperNet (ADE20K recipe with --data; embedded digit canvases without)")
     s.add_argument("--data", help="root with images/{training,validation} and annotations/{training,validation}")
