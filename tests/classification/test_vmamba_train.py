@@ -61,9 +61,12 @@ def test_benchmark_compare_vmamba_prints_table4(capsys):
                                                           for mode in ("infer", "train")}
     vm = [r for r in records if r["impl"] == "vmamba"]
     assert all(r["ours"] == "mambaout_tiny" and r["ratio"] > 0 for r in vm)
+    assert all(r["scan"] == "pytorch (recurrence / chunked)" for r in vm)      # which scan ran
+    assert all(r["scan"] is None for r in records if r["impl"] == "mambaout")
     assert main(["benchmark", "--model", "mambaout_tiny", "--compare", "vmamba", "-b", "1", "--img-size", "32",
                  "--repeats", "1", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     assert "Table 4" in out and "vmamba_tiny" in out and "582" in out and "MambaOut / VMamba: infer" in out
+    assert "VMamba's selective scan: pytorch" in out
     assert main(["benchmark", "--model", "mambaout_femto", "--compare", "vmamba", "--img-size", "32"]) == 2
     assert "pairs mambaout_tiny" in capsys.readouterr().err

@@ -217,3 +217,81 @@ def test_stage1_scan_memory_is_bounded():
                        env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert float(r.stdout.strip()) < 3000, r.stdout
+
+
+def _mamba_ssm_semantics(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         return_last_state=False):
+    """A stand-in for mamba-ssm's selective_scan_fn, written from its documented interface:
+    u, delta (batch, dim, L); A (dim, N); B, C (batch, N, L) or grouped (batch, G, N, L), group
+    g serving dim / G consecutive channels; D (dim,). Checks the layout it is given."""
+    assert u.dim() == 3 and delta.shape == u.shape and A.shape == (u.shape[1], A.shape[1])
+    assert all(t.stride(-1) == 1 for t in (u, delta, B, C)), "the kernel wants contiguous L"
+    assert z is None and delta_bias is None and not delta_softplus and not return_last_state
+    batch, dim, length = u.shape
+    if B.dim() == 4:
+        B, C = (t.repeat_interleave(dim // t.shape[1], dim=1) for t in (B, C))   # (b, dim, N, L)
+    else:
+        B, C = (t.unsqueeze(1).expand(-1, dim, -1, -1) for t in (B, C))
+    h = u.new_zeros(batch, dim, A.shape[1])
+    ys = []
+    for t in range(length):
+        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[..., t]
+        ys.append((h * C[..., t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    return y if D is None else y + u * D[:, None]
+
+
+@pytest.mark.parametrize("per_sequence", [False, True])
+def test_kernel_scan_maps_to_mamba_ssm_layout(per_sequence):
+    """kernel_scan (run_scan's path to mamba-ssm's CUDA kernel) hands the kernel its layout and
+    gets selective_scan_ref's result back, forward and backward, for shared parameters and for
+    per-sequence ones (VMamba's directions folded into the batch)."""
+    from mambaout.models.ssm import kernel_scan
+    batch, length, channels, n = 4, 19, 6, 5
+    u, delta, A, B, C, D = scan_inputs(batch, length, channels, n)
+    if per_sequence:
+        g = torch.Generator().manual_seed(2)
+        A = -torch.rand(batch, channels, n, generator=g) * 8 - 0.05
+        D = torch.randn(batch, 1, channels, generator=g)
+    y_ref, g_ref = _grads(selective_scan_ref, [u, delta, A, B, C, D])
+    y, grads = _grads(lambda *a: kernel_scan(_mamba_ssm_semantics, *a), [u, delta, A, B, C, D])
+    assert torch.allclose(y, y_ref, rtol=1e-5, atol=1e-5 * y_ref.abs().max())
+    for name, a, b in zip("u delta A B C D".split(), grads, g_ref):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * b.abs().max()), name
+
+
+def test_cuda_kernel_is_optional(monkeypatch):
+    """Without mamba-ssm (or with MAMBAOUT_SCAN=pytorch, or a broken install) the PyTorch scan
+    runs and scan_backend says so; with it, CUDA tensors would use the kernel."""
+    import types
+    import mambaout.models.ssm as ssm
+
+    def backend_with(module, env=None):
+        monkeypatch.setattr(ssm, "_KERNEL", [])
+        monkeypatch.setitem(sys.modules, "mamba_ssm.ops.selective_scan_interface", module)
+        monkeypatch.setitem(sys.modules, "mamba_ssm.ops", types.ModuleType("mamba_ssm.ops"))
+        monkeypatch.setitem(sys.modules, "mamba_ssm", types.ModuleType("mamba_ssm"))
+        if env:
+            monkeypatch.setenv(ssm.SCAN_ENV, env)
+        else:
+            monkeypatch.delenv(ssm.SCAN_ENV, raising=False)
+        return ssm.scan_backend("cuda"), ssm.scan_backend("cpu")
+
+    fake = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
+    fake.selective_scan_fn = _mamba_ssm_semantics
+    assert backend_with(fake) == ("mamba-ssm selective_scan_fn (CUDA kernel)", "pytorch (recurrence / chunked)")
+    assert backend_with(fake, env="pytorch")[0].startswith("pytorch")
+    assert backend_with(None)[0].startswith("pytorch")              # None in sys.modules: ImportError
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_run_scan_on_cuda_equals_the_reference():
+    """On CUDA run_scan uses mamba-ssm's kernel if installed, else the chunked scan: either way
+    the reference's result, forward and backward."""
+    from mambaout.models.ssm import run_scan
+    inputs = [t.cuda() for t in scan_inputs(2, 300, 64, 16)]
+    y_ref, g_ref = _grads(selective_scan_ref, [t.cpu() for t in inputs])
+    y, g = _grads(run_scan, inputs)
+    assert torch.allclose(y.cpu(), y_ref, rtol=1e-4, atol=1e-4 * y_ref.abs().max())
+    for name, a, b in zip("u delta A B C D".split(), g, g_ref):
+        assert torch.allclose(a.cpu(), b, rtol=1e-3, atol=1e-3 * b.abs().max()), name

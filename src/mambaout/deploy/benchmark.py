@@ -197,6 +197,7 @@ def run(models: List[str], compare: List[str], s: Settings) -> List[Dict]:
     if s.threads:
         torch.set_num_threads(s.threads)
     from ..analysis.complexity import count_macs
+    from ..models.ssm import has_selective_scan, scan_backend
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         impls = []
@@ -246,6 +247,7 @@ def run(models: List[str], compare: List[str], s: Settings) -> List[Dict]:
                        peak_source=("given" if s.peak_tflops else "datasheet" if device.type == "cuda"
                                     else "measured GEMM") if peak_tflops else None,
                        peak_mem_mb=round(peak_mem[id(im)] / 2**20, 1) if id(im) in peak_mem else None,
+                       scan=scan_backend(device) if has_selective_scan(im.model) else None,
                        device_name=_device_name(device), torch=torch.__version__,
                        allocator=allocator() if device.type == "cpu" else None,
                        threads=torch.get_num_threads() if device.type == "cpu" else None)
@@ -451,4 +453,7 @@ def format_table4(records: List[Dict]) -> str:
                 speed.append(f"{m} {a['img_per_s'] / b['img_per_s']:.1f}x here, "
                              f"{PAPER_TABLE4[ours][i] / PAPER_TABLE4[theirs][i]:.1f}x in the paper")
         lines.append(f"{'':<16}MambaOut / VMamba: " + "; ".join(speed))
+    scans = sorted({r["scan"] for r in got.values() if r.get("scan")})
+    if scans:
+        lines.append(f"VMamba's selective scan: {', '.join(scans)}")
     return "\n".join(lines)

@@ -49,7 +49,9 @@ and dt_proj count as ordinary Linear layers.
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 from typing import Optional
 
 import torch
@@ -58,6 +60,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import costs
+
+log = logging.getLogger("mambaout")
 
 # Tokens per chunk. A chunk's decays are a (batch, T (T + 1) / 2, channels, d_state)
 # tensor: the work grows with T while the Python loop shrinks with it. 2 was the fastest
@@ -219,18 +223,85 @@ def run_scan(u, delta, A, B, C, D=None, chunk: Optional[int] = None):
     step's state (batch * channels * N) reaches RECURRENCE_STATE, unless autograd would keep
     more than RECURRENCE_GRAD_ELEMENTS state elements for backward (L steps of it: VMamba's
     stage 1 at batch 8 would keep ~1.2 GB per block), then the chunked scan, which recomputes
-    its decays in backward; chunks of DEFAULT_CHUNK off CPU. Results do not depend on it."""
+    its decays in backward; chunks of DEFAULT_CHUNK off CPU. Results do not depend on it.
+    On CUDA with chunk None, Mamba's fused kernel runs instead when the `cuda` extra
+    (mamba-ssm) is installed (cuda_kernel, kernel_scan; scan_backend names which ran)."""
     batch, length, channels = u.shape
     n = A.shape[-1]
-    if chunk is None:
-        state = batch * channels * n
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
-        fits = not grad or state * length <= RECURRENCE_GRAD_ELEMENTS
-        chunk = 0 if state >= RECURRENCE_STATE and u.device.type == "cpu" and fits else DEFAULT_CHUNK
     with costs.declare_macs(scan_macs(batch, length, channels, n)):
         if u.is_meta:   # counting on the meta device: only the shape matters (no L-step loop)
             return u.new_empty(u.shape)
+        kernel = cuda_kernel() if u.is_cuda and chunk is None else None
+        if kernel is not None:
+            return kernel_scan(kernel, u, delta, A, B, C, D)
+        if chunk is None:
+            chunk = _pick_chunk(u, delta, A, B, C)
         return selective_scan(u, delta, A, B, C, D, chunk=chunk) if chunk else selective_scan_steps(u, delta, A, B, C, D)
+
+
+def _pick_chunk(u, delta, A, B, C) -> int:
+    """run_scan's choice between the recurrence (0) and the chunked scan (its docstring)."""
+    batch, length, channels = u.shape
+    state = batch * channels * A.shape[-1]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
+    fits = not grad or state * length <= RECURRENCE_GRAD_ELEMENTS
+    return 0 if state >= RECURRENCE_STATE and u.device.type == "cpu" and fits else DEFAULT_CHUNK
+
+
+# On CUDA, run_scan uses Mamba's fused kernel when the `cuda` extra (mamba-ssm) is installed
+# and imports; MAMBAOUT_SCAN=pytorch keeps the PyTorch scan (for comparisons and debugging).
+SCAN_ENV = "MAMBAOUT_SCAN"
+_KERNEL = []            # [selective_scan_fn or None], filled on first use
+
+
+def cuda_kernel():
+    """mamba-ssm's selective_scan_fn when it is installed, imports, and MAMBAOUT_SCAN is not
+    'pytorch'; else None. A broken install (a wheel built for another torch or CUDA) counts as
+    absent, with one warning."""
+    if os.environ.get(SCAN_ENV, "").lower() == "pytorch":
+        return None
+    if not _KERNEL:
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        except ImportError:
+            selective_scan_fn = None
+        except Exception as e:   # an ABI mismatch raises OSError / RuntimeError at import
+            log.warning("mamba-ssm is installed but does not load (%s); using the PyTorch scan",
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+            selective_scan_fn = None
+        _KERNEL.append(selective_scan_fn)
+    return _KERNEL[0]
+
+
+def has_selective_scan(model: nn.Module) -> bool:
+    """Whether `model` runs a selective scan (SelectiveSSM, VMamba's SS2D, ...)."""
+    return any(getattr(m, "export_unsupported", None) is EXPORT_UNSUPPORTED for m in model.modules())
+
+
+def scan_backend(device) -> str:
+    """Which selective scan run_scan uses on `device` by default (benchmarks record it)."""
+    if torch.device(device).type == "cuda" and cuda_kernel() is not None:
+        return "mamba-ssm selective_scan_fn (CUDA kernel)"
+    return "pytorch (recurrence / chunked)"
+
+
+def kernel_scan(kernel, u, delta, A, B, C, D=None):
+    """`selective_scan_ref`'s arguments and result through a kernel with mamba-ssm's
+    selective_scan_fn interface: u, delta (batch, channels, L); A (channels, N); B, C (batch,
+    N, L) or, grouped, (batch, groups, N, L) with each group's B / C shared by channels / groups
+    consecutive channels; D (channels,). Per-sequence parameters (A of shape (batch, channels,
+    N), VMamba's directions folded into the batch) become one sequence of batch * channels
+    channels with one B / C group per original sequence, so any caller of run_scan fits."""
+    batch, length, channels = u.shape
+    seq = lambda t: t.transpose(1, 2).contiguous()                     # (b, L, c) -> (b, c, L)
+    if A.dim() == 3:
+        u_, delta_ = (seq(t).reshape(1, batch * channels, length) for t in (u, delta))
+        B_, C_ = (seq(t).unsqueeze(0) for t in (B, C))                 # (1, batch, N, L)
+        D_ = None if D is None else D.expand(batch, 1, channels).reshape(batch * channels)
+        y = kernel(u_, delta_, A.reshape(batch * channels, -1).contiguous(), B_, C_, D_)
+        return y.reshape(batch, channels, length).transpose(1, 2)
+    D_ = None if D is None else D.reshape(channels)
+    return kernel(seq(u), seq(delta), A.contiguous(), seq(B), seq(C), D_).transpose(1, 2)
 
 
 def scan_macs(batch: int, length: int, channels: int, d_state: int) -> int:
