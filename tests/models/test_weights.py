@@ -89,6 +89,21 @@ def test_pickled_object_is_refused(tmp_path, femto):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_training_args_beside_the_weights_load_inert(tmp_path, femto, x):
+    """Released checkpoints of the timm/DeiT-style trainers (Vim, iLLaMA, EfficientVMamba,
+    LocalVMamba) keep the script's argparse.Namespace under 'args': it is read as an empty
+    plain dict, never as a Namespace, and the weights load."""
+    import argparse
+    path = tmp_path / "release.pth"
+    torch.save({"model": femto.state_dict(), "args": argparse.Namespace(lr=1e-3, model="x"), "epoch": 299}, path)
+    obj = mambaout.models.weights.read_checkpoint(path)
+    assert not isinstance(obj["args"], argparse.Namespace) and obj["epoch"] == 299
+    model = _fresh()
+    mambaout.load_checkpoint(model, path)
+    with torch.no_grad():
+        assert torch.equal(model(x), femto(x))
+
+
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path, content):
     path = tmp_path / "bad.pth"

@@ -42,9 +42,10 @@ def _inert(module: str, name: str):
     return type(name, (InertConfig,), {"__module__": module, "__qualname__": name})
 
 
-# The config classes that may come with released weights, read as InertConfig; any other
-# pickled object still makes the load fail ("refusing to load").
-INERT_GLOBALS = [_inert("yacs.config", "CfgNode")]
+# The config classes that may come with released weights (VMamba: a yacs CfgNode; Vim, iLLaMA,
+# EfficientVMamba, LocalVMamba: the argparse Namespace of the training script), read as
+# InertConfig; any other pickled object still makes the load fail ("refusing to load").
+INERT_GLOBALS = [_inert("yacs.config", "CfgNode"), _inert("argparse", "Namespace")]
 HUB_FILE = "model.safetensors"
 
 
