@@ -196,9 +196,9 @@ def test_drop_path_rate_passes_through():
 
 @pytest.mark.parametrize("name,error,needle", [
     ("mambaout_tiy", UnknownModelError, "did you mean mambaout_tiny"),
-    ("mambaout_s_iso", MambaOutError, "not a hierarchical MambaOut"),
-    ("vit_small_p16", MambaOutError, "not a hierarchical MambaOut"),
-    ("study_conv_d64", MambaOutError, "not a hierarchical MambaOut"),
+    ("mambaout_s_iso", MambaOutError, "not a 4-stage model"),
+    ("vit_small_p16", MambaOutError, "not a 4-stage model"),
+    ("study_conv_d64", MambaOutError, "not a 4-stage model"),
 ])
 def test_unknown_and_non_hierarchical_names_rejected(name, error, needle):
     with pytest.raises(error) as e:

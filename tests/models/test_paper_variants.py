@@ -34,7 +34,8 @@ def test_paper_rows_are_registered():
 def test_params_and_macs_match_the_paper(name):
     v = VARIANTS[name]
     m = measure(name)
-    assert abs(m["macs"] / 1e9 - v.paper_macs_g) <= 0.05 * v.paper_macs_g, m
+    macs = m.get("paper_convention_macs", m["macs"])     # Vim-S: LocalMamba's hand count (the paper's 5.1G)
+    assert abs(macs / 1e9 - v.paper_macs_g) <= 0.05 * v.paper_macs_g, m
     if name in PARAMS_NOT_MATCHED:
         assert abs(m["params"] - PARAMS_NOT_MATCHED[name]) < 0.01e6, m
     else:  # within 5%, or equal at the table's printed precision (Table 8: "6M" for 5.6M)
@@ -42,7 +43,7 @@ def test_params_and_macs_match_the_paper(name):
                 or at_table_rounding(m["params"] / 1e6, v.paper_params_m)), m
     if name in EXACT:
         assert at_table_rounding(m["params"] / 1e6, v.paper_params_m), m
-        assert at_table_rounding(m["macs"] / 1e9, v.paper_macs_g), m
+        assert at_table_rounding(macs / 1e9, v.paper_macs_g), m
 
 
 def at_table_rounding(value, printed):

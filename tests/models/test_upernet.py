@@ -90,7 +90,7 @@ def test_conventions_are_explicit():
 
 def test_registry_names_and_errors():
     assert mambaout.list_segmentation_models("*tiny_k*") == [f"upernet_mambaout_tiny_k{k}" for k in (3, 5, 7, 9, 11)]
-    assert len(mambaout.list_segmentation_models()) == 11 and "upernet_vmamba_tiny" in mambaout.list_segmentation_models()
+    assert len(mambaout.list_segmentation_models()) == 12 and {"upernet_vmamba_tiny", "upernet_local_vmamba_tiny"} <= set(mambaout.list_segmentation_models())
     assert not [n for n in mambaout.list_models() if n.startswith("upernet")]
     assert all(SEGMENTATION_VARIANTS[n].backbone in VARIANTS for n in SEGMENTATION_VARIANTS)
     with pytest.raises(UnknownModelError) as e:

@@ -325,10 +325,15 @@ def measure(name: str, img_size=None, convention: Optional[str] = None, **model_
         counted = params
         if get_variant(name).params_without_head:   # the paper's count (VMamba's): no classifier
             counted -= sum(p.numel() for p in model.get_classifier().parameters())
-        return {"model": name, "img_size": img_size, "convention": convention, "params": params,
-                "macs": macs, "params_m": round_half_up(counted / 1e6),
-                "params_counted": "without the classifier" if counted != params else "all",
-                "macs_g": round_half_up(macs / 1e9, 1 if macs >= 1e9 else 3)}
+        out = {"model": name, "img_size": img_size, "convention": convention, "params": params,
+               "macs": macs, "params_m": round_half_up(counted / 1e6),
+               "params_counted": "without the classifier" if counted != params else "all",
+               "macs_g": round_half_up(macs / 1e9, 1 if macs >= 1e9 else 3)}
+        if hasattr(model, "paper_macs"):       # a family the paper counts another way (Vim, EfficientVMamba)
+            theirs = model.paper_macs(img_size)
+            out.update(paper_convention=model.paper_macs_convention, paper_convention_macs=theirs,
+                       paper_convention_macs_g=round_half_up(theirs / 1e9, 1 if theirs >= 1e9 else 3))
+        return out
     return {"model": name, "img_size": img_size, "convention": convention, "params": params,
             "macs": macs, "params_m": round_half_up(params / 1e6, 0),
             "macs_g": round_half_up(macs / 1e9, 0),

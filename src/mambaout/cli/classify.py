@@ -15,7 +15,7 @@ TRAIN_FLAGS = RecipeFlags(Recipe, (
     ("recipe", "base"), "model", "epochs", "batch_size", "grad_accum_steps", "lr", "lr_base", "lr_base_size", "opt", "opt_eps",
     "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad", "img_size", ("aa", "auto_augment"),
     "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "reprob", "smoothing", "drop_path", "drop", "hflip",
-    "scale", "ratio", "crop_pct", "model_ema", "model_ema_decay", "seed",
+    "scale", "ratio", "crop_pct", "model_ema", "model_ema_decay", "soft_mask_ratio", "soft_mask_epochs", "seed",
 ), defaults=(("Table 2", Recipe), ("vmamba", vmamba_recipe), ("digits", digits_recipe)))
 RECIPE_FLAGS = TRAIN_FLAGS.flags   # flag (dest) -> Recipe field
 

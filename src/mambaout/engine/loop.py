@@ -362,6 +362,9 @@ def _train_epoch(st: TrainState):
     """One pass over the data (an epoch), from st.step0 (a mid-epoch resume), possibly cut short
     by the end of the run, a stop signal or max_updates."""
     st.sampler.set_epoch(st.epoch, start=st.step0 * st.per_update)
+    if hasattr(st.task, "start_epoch"):   # optional task hook: per-epoch model settings, derived from
+        # the epoch alone (a resumed run calls it again), e.g. iLLaMA's soft attention mask
+        st.task.start_epoch(st.epoch, [st.model] + ([st.ema.module] if st.ema is not None else []))
     st.train_model.train()
     last = min(st.updates_per_epoch, st.step0 + st.total_updates - st.global_step)
     st.bar = logs.progress_bar(st.d.is_main and st.opts.progress, last - st.step0,

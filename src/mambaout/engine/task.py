@@ -61,6 +61,10 @@ class Task(Protocol):
     # Optional: check_resume(self, ckpt: dict, path: str) -> None raises CheckpointError for a
     # checkpoint of this task and model that the task still cannot continue (the engine has
     # checked the task, the model name, the recipe and the data source).
+    # Optional: start_epoch(self, epoch: int, models: List[nn.Module]) -> None is called before
+    # each training epoch (also the one a resume continues) with the model and its EMA copy, for
+    # settings that follow the epoch (iLLaMA's soft causal mask); derive them from `epoch`, never
+    # keep them in state, so that resumed runs equal uninterrupted ones.
 
     def train_inputs(self, batch: Any, device: torch.device) -> Tuple[Any, Any]:
         """(inputs, targets) on the device, after batch-level augmentation (mixup)."""

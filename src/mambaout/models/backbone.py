@@ -22,6 +22,8 @@ import torch.nn as nn
 
 from ..errors import MambaOutError
 from .blocks import LayerNorm, nhwc_to_nchw
+from .efficient_vmamba import EfficientVMamba
+from .local_vmamba import LocalVMamba
 from .mambaout import MambaOut
 from .vmamba import VMamba
 from .registry import check_options, get_variant, model_kwargs, pretrained_cfg
@@ -95,13 +97,21 @@ class VMambaBackbone(nn.Module):
     segmentation backbones also norm each output).
     """
 
+    model_cls = VMamba
+    head_prefixes = ("head.", "norm.")      # the classifier's keys a backbone has no use for
+
     def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), **model_kwargs):
         super().__init__()
-        full = VMamba(num_classes=0, **model_kwargs)
+        full = self.model_cls(num_classes=0, **model_kwargs)
         _set_outputs(self, out_indices, full, nn.LayerNorm)
         self.patch_embed = full.patch_embed
         self.layers = full.layers[:self.out_indices[-1] + 1]
-        self.layers[-1].downsample = None          # nothing is computed after the last output
+        last = self.layers[-1]
+        # The classifier checkpoint's keys of the dropped downsampling (VMamba: `downsample.*`;
+        # EfficientVMamba's conv stages keep it under a block index of the official layout).
+        self._dropped_prefix = next((f"layers.{len(self.layers) - 1}.{name}." for name, m in last.named_children()
+                                     if last.downsample is not None and m is last.downsample), None)
+        last.downsample = None                     # nothing is computed after the last output
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
@@ -122,11 +132,11 @@ class VMambaBackbone(nn.Module):
     def load_classification_state_dict(self, sd: Dict[str, torch.Tensor], source: str = "checkpoint"):
         """As MambaOutBackbone's: head and final norm dropped, unbuilt stages (and the last
         built stage's patch merging) dropped, the rest strict."""
-        last = len(self.layers) - 1
+        dropped = self._dropped_prefix
 
         def keep(k):
-            return (not k.startswith(("head.", "norm.")) and not _unbuilt(k, r"layers\.(\d+)\.", len(self.layers))
-                    and not k.startswith(f"layers.{last}.downsample."))
+            return (not k.startswith(self.head_prefixes) and not _unbuilt(k, r"layers\.(\d+)\.", len(self.layers))
+                    and not (dropped and k.startswith(dropped)))
         _load_trunk(self, dict(sd), {"patch_embed": self.patch_embed, "layers": self.layers}, keep, source)
 
 
@@ -145,7 +155,23 @@ def _set_outputs(backbone: nn.Module, out_indices: Sequence[int], full: nn.Modul
     backbone.out_strides = [f["reduction"] for f in backbone.feature_info]
 
 
-BACKBONES = {"mambaout": (MambaOut, MambaOutBackbone), "vmamba": (VMamba, VMambaBackbone)}
+class LocalVMambaBackbone(VMambaBackbone):
+    """LocalVMamba (local_vmamba.py): VMamba's stages with local scans, the same protocol; its
+    classifier is `classifier.*`."""
+    model_cls = LocalVMamba
+    head_prefixes = ("classifier.",)
+
+
+class EfficientVMambaBackbone(VMambaBackbone):
+    """EfficientVMamba (efficient_vmamba.py) on VMamba's protocol (patch_embed, layers with
+    forward_blocks / downsample on NHWC maps); its classifier is `classifier.*`."""
+    model_cls = EfficientVMamba
+    head_prefixes = ("classifier.",)
+
+
+BACKBONES = {"mambaout": (MambaOut, MambaOutBackbone), "vmamba": (VMamba, VMambaBackbone),
+             "local_vmamba": (LocalVMamba, LocalVMambaBackbone),
+             "efficient_vmamba": (EfficientVMamba, EfficientVMambaBackbone)}
 
 
 def _load_trunk(backbone: nn.Module, sd: Dict[str, torch.Tensor], parts: Dict[str, nn.Module], keep, source: str):
@@ -168,7 +194,8 @@ def _unbuilt(key: str, pattern: str, built: int) -> bool:
 def create_backbone(name: str, out_indices: Sequence[int] = (0, 1, 2, 3), pretrained: bool = False,
                     checkpoint_path=None, **kwargs) -> nn.Module:
     """Backbone of a hierarchical variant ('mambaout_tiny', 'mambaout_base_plus_rw.sw_e150_in12k',
-    'vmamba_tiny', ...): a MambaOutBackbone or a VMambaBackbone.
+    'vmamba_tiny', 'local_vmamba_tiny', 'efficient_vmamba_small', ...): a MambaOutBackbone or
+    a VMambaBackbone (or its LocalVMamba / EfficientVMamba subclass).
 
     pretrained: the variant's released ImageNet weights (the same hub files as create_model).
     checkpoint_path: any classification checkpoint `load_checkpoint` reads (timm or official
@@ -177,8 +204,8 @@ def create_backbone(name: str, out_indices: Sequence[int] = (0, 1, 2, 3), pretra
     """
     v = get_variant(name)
     if v.arch not in BACKBONES:
-        raise MambaOutError(f"{v.name} is not a hierarchical MambaOut or VMamba (arch '{v.arch}') and has no "
-                            f"multi-scale backbone; use one of the 4-stage models")
+        raise MambaOutError(f"{v.name} is not a 4-stage model (arch '{v.arch}') and has no multi-scale "
+                            f"backbone; use one of: {', '.join(sorted(BACKBONES))}")
     model_cls, backbone_cls = BACKBONES[v.arch]
     options = model_kwargs(v)
     check_options(model_cls, kwargs, "backbone", exclude=_HEAD_OPTIONS)

@@ -73,12 +73,22 @@ def unknown_model(name: str) -> UnknownModelError:
 
 
 FIRST_CONV = {"mambaout": "stem.conv1", "mambaout_iso": "stem.conv", "isotropic": "patch_embed.proj",
-              "vmamba": "patch_embed.proj"}
-CLASSIFIER = {"mambaout": "head.fc", "mambaout_iso": "head.fc", "isotropic": "head", "vmamba": "head"}
+              "vmamba": "patch_embed.proj", "local_vmamba": "patch_embed.0", "efficient_vmamba": "patch_embed.0",
+              "vim": "patch_embed.proj", "illama": "patch_embed.proj"}
+CLASSIFIER = {"mambaout": "head.fc", "mambaout_iso": "head.fc", "isotropic": "head", "vmamba": "head",
+              "local_vmamba": "classifier.head", "efficient_vmamba": "classifier.head", "vim": "head", "illama": "head"}
+# Families whose constructor takes one depth / width and the input size (a position embedding).
+ISOTROPIC = ("isotropic", "vim", "illama")
+# Families with per-stage depths / dims and nothing else from the MambaOut row.
+HIERARCHICAL = ("vmamba", "local_vmamba", "efficient_vmamba")
 
 
 def pretrained_cfg(name: str) -> dict:
-    """Input size, normalisation and crop of the (default or named) released weights."""
+    """Input size, normalisation and crop of the (default or named) released weights.
+
+    Every key is a field of timm's PretrainedCfg (timm/models/_pretrained.py), so
+    `PretrainedCfg(**cfg)` holds it, as timm's own models' cfgs; where the official
+    release lives (the Variant row's official_url) is timm's `origin_url`."""
     v = get_variant(name)
     _, tag = split_name(name)
     if tag is None:
@@ -89,7 +99,7 @@ def pretrained_cfg(name: str) -> dict:
     size = v.input_size
     test_size = 288 if v.arch == "mambaout" else size
     cfg = dict(architecture=v.name, tag=tag, hf_hub_id=f"timm/{v.name}.{tag}" if tag else None,
-               official_url=v.official_url, num_classes=v.num_classes, input_size=(3, size, size),
+               origin_url=v.official_url, num_classes=v.num_classes, input_size=(3, size, size),
                test_input_size=(3, test_size, test_size), pool_size=(size // 32, size // 32),
                crop_pct=1.0, crop_mode="center",
                interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
@@ -109,7 +119,7 @@ def model_kwargs(v: Variant) -> dict:
     if v.arch == "mambaout_iso":
         return dict(depth=v.depths[0], dim=v.dims[0], expansion_ratio=v.expansion_ratio,
                     kernel_size=v.kernel_size, **v.extra)
-    if v.arch == "vmamba":
+    if v.arch in HIERARCHICAL:
         return dict(depths=v.depths, dims=v.dims, **v.extra)
     return dict(img_size=v.input_size, depth=v.depths[0], dim=v.dims[0], **v.extra)
 

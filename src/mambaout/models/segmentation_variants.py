@@ -8,7 +8,8 @@ multi-scale). Sources: the main paper's ADE20K table (Tiny, Small, Base) and
 supplementary Table 3 (Tiny with depthwise kernel 3 / 5 / 7 / 9 / 11; kernel 7 is
 MambaOut-Tiny). Femto and Kobe have no paper numbers.
 
-VMamba-T's row carries its own paper's numbers, with MACs counted by fvcore as VMamba does.
+VMamba-T's and LocalVMamba-T's rows carry their own papers' numbers, with MACs counted by fvcore
+as VMamba does.
 
 Drop path is the authors' answer on official issue #251 (Tiny 0.3, Small 0.3-0.4,
 Base 0.6); for Femto and Kobe, which the paper does not train for segmentation, we
@@ -54,5 +55,10 @@ SEGMENTATION_VARIANTS = {v.name: v for v in [
     # upernet_vssm_4xb4-160k_ade20k-512x512_tiny.py) inherits Swin-T's UperNet settings, drop
     # path 0.3 among them; its 964G are fvcore's count (VMamba's analyze tools) at 512 x 2048.
     SegVariant("upernet_vmamba_tiny", "vmamba_tiny", 0.3, 55, 964, (47.3, 48.3), "VMamba v0, Table 3",
+               convention="fvcore"),
+    # LocalVMamba-T (Table 3): LocalMamba's config (segmentation/configs/local_mamba/
+    # upernet_local_vssm_tiny_8xb2-160k_ade20k-512x512.py) takes Swin-T's UperNet settings with
+    # drop path 0.1; its numbers are counted as VMamba's are (fvcore + the scan).
+    SegVariant("upernet_local_vmamba_tiny", "local_vmamba_tiny", 0.1, 57, 970, (47.9, 49.1), "LocalVMamba, Table 3",
                convention="fvcore"),
 ]}

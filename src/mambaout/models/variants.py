@@ -11,8 +11,10 @@ Four architectures (``arch``): "mambaout", the 4-stage hierarchical model
 (mambaout.py); "mambaout_iso", the isotropic MambaOut of Table 5; "isotropic",
 the ViT-like study models of Tables 8 and 11 with a conv, attention or SSM token
 mixer (isotropic.py); and "vmamba", VMamba v0, the vision Mamba of the main
-comparison (vmamba.py). For the isotropic ones ``depths`` and ``dims`` hold one entry
-and ``extra`` the constructor arguments the hierarchical model does not have.
+comparison (vmamba.py); and the other comparators: "local_vmamba", "efficient_vmamba"
+(hierarchical, ``depths`` / ``dims`` per stage), "vim" and "illama" (isotropic). For the
+isotropic ones ``depths`` and ``dims`` hold one entry and ``extra`` the constructor arguments
+the hierarchical model does not have.
 """
 from __future__ import annotations
 
@@ -163,5 +165,31 @@ for _v in [
             paper_params_m=44, paper_macs_g=11.2, paper_top1=83.5, source="VMamba v0", params_without_head=True),
     Variant("vmamba_base", (2, 2, 27, 2), (128, 256, 512, 1024), drop_path=0.6, arch="vmamba",
             paper_params_m=75, paper_macs_g=18.0, paper_top1=83.7, source="VMamba v0", params_without_head=True),
+    # The other comparators of the paper's tables, each in its own module: LocalVMamba
+    # (local_vmamba.py: a VMamba-like trunk with searched local scan directions per block and a
+    # channel gate on each direction's output), EfficientVMamba (efficient_vmamba.py: atrous selective scan + conv branch in
+    # stages 1-2, inverted residual blocks in 3-4), Vim (vim.py: isotropic, bidirectional
+    # Mamba, class token in the middle) and iLLaMA (illama.py: LLaMA blocks on patches, causal
+    # or fully visible). Paper numbers as the MambaOut paper quotes them.
+    Variant("local_vmamba_tiny", (2, 2, 9, 2), (96, 192, 384, 768), drop_path=0.2, arch="local_vmamba",
+            extra={"directions": "tiny"}, paper_params_m=26, paper_macs_g=5.7, paper_top1=82.7,
+            source="LocalVMamba"),   # params with the classifier (25.5M; 24.8M without would print 25)
+    Variant("local_vmamba_small", (2, 2, 27, 2), (96, 192, 384, 768), drop_path=0.3, arch="local_vmamba",
+            extra={"directions": "small"}, paper_params_m=50, paper_macs_g=11.4, paper_top1=83.7,
+            source="LocalVMamba"),   # params with the classifier (49.7M; 49.0M without)
+    # EfficientVMamba-S: depths and drop path 0.1 from the released training log's module tree
+    # (log_efficient_vmamba_small.txt; its yaml's 0.2 was not the run's): 11.274M params (all,
+    # classifier included), FLOPs 1.343G in the log's fvcore count (efficient_vmamba.paper_flops).
+    Variant("efficient_vmamba_small", (2, 2, 4, 2), (64, 128, 256, 512), drop_path=0.1, arch="efficient_vmamba",
+            paper_params_m=11, paper_macs_g=1.3, paper_top1=78.7, source="EfficientVMamba"),
+    Variant("vim_small", (24,), (384,), drop_path=0.05, arch="vim", extra={"patch_size": 16},
+            paper_params_m=26, paper_macs_g=5.1, paper_top1=80.5, source="Table 5"),
+    Variant("illama_tiny", (12,), (192,), arch="illama", extra={"patch_size": 16, "num_heads": 3},
+            paper_params_m=5.7, paper_macs_g=1.3, paper_top1=76.2, source="Table 11"),
+    # iLLaMA-T's one release (its README) is the causal model trained with the soft mask.
+    Variant("illama_tiny_causal", (12,), (192,), arch="illama",
+            extra={"patch_size": 16, "num_heads": 3, "causal": True},
+            paper_params_m=5.7, paper_macs_g=1.3, paper_top1=75.0, source="Table 11",
+            official_url="https://huggingface.co/techmonsterwang/iLLaMA/resolve/main/illama-tiny-in1k-75.0.pth"),
 ]:
     VARIANTS[_v.name] = _v

@@ -43,6 +43,21 @@ from .ssm import run_scan
 K = 4   # scan directions
 
 
+class Permute(nn.Module):
+    """x.permute(*dims): the layout switches of LocalVMamba's and EfficientVMamba's official
+    layouts (a module there, so it stays one here; no parameters)."""
+
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}"
+
+
 class PatchEmbed(nn.Module):
     """Conv 4x4 stride 4 (with bias) + LayerNorm: NCHW image -> NHWC tokens."""
 
@@ -77,20 +92,21 @@ class SS2D(nn.Module):
 
     def __init__(self, dim: int, d_state: int = 16, expand: float = 2.0, d_conv: int = 3,
                  dt_rank: Optional[int] = None, dt_min: float = 1e-3, dt_max: float = 0.1,
-                 dt_init_floor: float = 1e-4, chunk: Optional[int] = None):
+                 dt_init_floor: float = 1e-4, chunk: Optional[int] = None, num_directions: int = K):
         super().__init__()
         self.dim, self.d_state = dim, d_state
+        self.num_directions = k = num_directions   # v0: 4; subclasses with their own scan orders differ
         self.d_inner = inner = int(expand * dim)
         self.dt_rank = rank = dt_rank if dt_rank is not None else math.ceil(dim / 16)
         self.chunk = chunk                      # ssm.run_scan's: None picks, 0 = the recurrence
         self._dt_range = (dt_min, dt_max, dt_init_floor)
         self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
         self.conv2d = nn.Conv2d(inner, inner, d_conv, padding=(d_conv - 1) // 2, groups=inner)
-        self.x_proj_weight = nn.Parameter(torch.empty(K, rank + 2 * d_state, inner))
-        self.dt_projs_weight = nn.Parameter(torch.empty(K, inner, rank))
-        self.dt_projs_bias = nn.Parameter(torch.empty(K, inner))
-        self.A_logs = nn.Parameter(torch.empty(K * inner, d_state))
-        self.Ds = nn.Parameter(torch.empty(K * inner))
+        self.x_proj_weight = nn.Parameter(torch.empty(k, rank + 2 * d_state, inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, inner, rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, inner))
+        self.A_logs = nn.Parameter(torch.empty(k * inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(k * inner))
         self.out_norm = nn.LayerNorm(inner)
         self.out_proj = nn.Linear(inner, dim, bias=False)
         self.reset_parameters()
@@ -112,21 +128,36 @@ class SS2D(nn.Module):
         return self.out_proj(y)
 
     def scan(self, u: torch.Tensor) -> torch.Tensor:
-        """(b, E, h, w) -> the four directions' outputs, mapped back to row-major and summed,
-        as (b, h, w, E) in float32."""
+        """(b, E, h, w) -> the directions' outputs, mapped back to row-major and summed, as
+        (b, h, w, E) in float32: scan_orders, selective_scan, merge (subclasses with other scan
+        orders override the first and the last)."""
+        return self.merge(self.selective_scan(self.scan_orders(u)), u.shape[2], u.shape[3])
+
+    def scan_orders(self, u: torch.Tensor) -> torch.Tensor:
+        """(b, E, h, w) -> the K sequences (b, K, E, L): row-major, column-major, both reversed."""
         b, e, h, w = u.shape
-        L, n, r = h * w, self.d_state, self.dt_rank
+        L = h * w
         rows, cols = u.reshape(b, e, L), u.transpose(2, 3).reshape(b, e, L)
-        xs = torch.stack([rows, cols, rows.flip(-1), cols.flip(-1)], dim=1)  # (b, K, E, L)
+        return torch.stack([rows, cols, rows.flip(-1), cols.flip(-1)], dim=1)  # (b, K, E, L)
+
+    def selective_scan(self, xs: torch.Tensor) -> torch.Tensor:
+        """(b, K, E, L) sequences -> (b, K, L, E) float32: each direction's x_proj / dt_proj and
+        its own A, D through the library's scan, the directions folded into the batch."""
+        b, k, e, L = xs.shape
+        n, r = self.d_state, self.dt_rank
         proj = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight.to(xs.dtype))
         dts, Bs, Cs = proj.split([r, n, n], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(xs.dtype))
         delta = F.softplus(dts.float() + self.dt_projs_bias.float()[None, :, :, None])
-        seq = lambda t: t.transpose(2, 3).reshape(b * K, L, -1)             # (b, K, c, L) -> (b K, L, c)
-        A = -torch.exp(self.A_logs.float()).view(1, K, e, n).expand(b, -1, -1, -1).reshape(b * K, e, n)
-        D = self.Ds.float().view(1, K, 1, e).expand(b, -1, -1, -1).reshape(b * K, 1, e)
-        y = run_scan(seq(xs.float()), seq(delta), A, seq(Bs.float()), seq(Cs.float()), D,
-                     chunk=self.chunk).view(b, K, L, e)
+        seq = lambda t: t.transpose(2, 3).reshape(b * k, L, -1)             # (b, K, c, L) -> (b K, L, c)
+        A = -torch.exp(self.A_logs.float()).view(1, k, e, n).expand(b, -1, -1, -1).reshape(b * k, e, n)
+        D = self.Ds.float().view(1, k, 1, e).expand(b, -1, -1, -1).reshape(b * k, 1, e)
+        return run_scan(seq(xs.float()), seq(delta), A, seq(Bs.float()), seq(Cs.float()), D,
+                        chunk=self.chunk).view(b, k, L, e)
+
+    def merge(self, y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(b, K, L, E) outputs in scan order -> their sum in row-major order, (b, h, w, E)."""
+        b, _, _, e = y.shape
         y_rows = y[:, 0] + y[:, 2].flip(1)                                   # row-major order
         y_cols = (y[:, 1] + y[:, 3].flip(1)).view(b, w, h, e).transpose(1, 2)
         return y_rows.view(b, h, w, e) + y_cols
@@ -153,9 +184,16 @@ class VSSLayer(nn.Module):
 
     def __init__(self, dim: int, depth: int, drop_path: Sequence[float], downsample: bool, **block):
         super().__init__()
-        self.blocks = nn.ModuleList([VSSBlock(dim, drop_path[i], **block) for i in range(depth)])
-        self.downsample = PatchMerging(dim) if downsample else None
+        self.blocks = nn.ModuleList([self.make_block(dim, i, drop_path[i], **block) for i in range(depth)])
+        self.downsample = self.make_downsample(dim) if downsample else None
         self.grad_checkpointing = False
+
+    def make_block(self, dim: int, index: int, drop_path: float, **block) -> nn.Module:
+        """The stage's block `index` (subclasses: other blocks, per-block options)."""
+        return VSSBlock(dim, drop_path, **block)
+
+    def make_downsample(self, dim: int) -> nn.Module:
+        return PatchMerging(dim)
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
@@ -167,7 +205,106 @@ class VSSLayer(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 
-class VMamba(nn.Module):
+def init_linear_ln(m: nn.Module):
+    """VMamba's (and LocalVMamba's, EfficientVMamba's) init: Linear trunc_normal(0.02) with zero
+    bias, LayerNorm ones / zeros; convs and SS2D's own parameters keep their initialisation."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+class StageClassifier:
+    """timm's classifier and feature interface for the VMamba-like families (VMamba, LocalVMamba,
+    EfficientVMamba): a `patch_embed` (NCHW image -> NHWC map), `layers` (each with
+    `forward_blocks` and `downsample`, None on the last), a final LayerNorm and a Linear head at
+    the module paths `final_norm_path` / `head_path` (the official key names differ by family),
+    `head_drop`, `global_pool` ("avg" or ""), `num_features`."""
+
+    final_norm_path = "norm"
+    head_path = "head"
+    _init_weights = staticmethod(init_linear_ln)
+
+    def final_norm(self) -> nn.Module:
+        return self.get_submodule(self.final_norm_path)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        for layer in self.layers:
+            layer.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {name for name, _ in self.named_parameters() if name.endswith(("A_logs", "Ds"))}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.get_submodule(self.head_path)
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self._init_weights(head)
+        parent, _, name = self.head_path.rpartition(".")
+        setattr(self.get_submodule(parent) if parent else self, name, head)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """NCHW image -> NHWC map at stride 32, normalised per token."""
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.final_norm()(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """NHWC map -> (N, C): the global average."""
+        return x.mean(dim=(1, 2))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = self.pool(x)
+        x = self.head_drop(x)
+        return x if pre_logits else self.get_classifier()(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
+            norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Each stage's output before its downsampling (strides 4, 8, 16, 32). indices: None =
+        all, an int n = the last n, or stage indices. norm: the final LayerNorm on the last
+        stage's map (the others have none in these families). Returns (final features,
+        intermediates) or only the intermediates."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take = stage_indices(len(self.layers), indices)
+        last = max(take) if stop_early else len(self.layers) - 1
+        final_norm = self.final_norm()
+        intermediates = []
+        x = self.patch_embed(x)
+        for i, layer in enumerate(self.layers[:last + 1]):
+            x = layer.forward_blocks(x)
+            if i in take:
+                y = final_norm(x) if norm and i == len(self.layers) - 1 else x
+                intermediates.append(nhwc_to_nchw(y).contiguous() if output_fmt == "NCHW" else y)
+            if layer.downsample is not None and i < last:
+                x = layer.downsample(x)
+        if intermediates_only:
+            return intermediates
+        return (final_norm(x) if last == len(self.layers) - 1 else x), intermediates
+
+
+class VMamba(StageClassifier, nn.Module):
     """VMamba v0 (VSSM) with timm's classifier and feature interface.
 
     depths / dims: per stage (T: (2, 2, 9, 2), 96-768; S, B: (2, 2, 27, 2), 96-768 / 128-1024).
@@ -202,81 +339,3 @@ class VMamba(nn.Module):
         self.feature_info = [dict(num_chs=d, reduction=4 * 2 ** i, module=f"layers.{i}") for i, d in enumerate(dims)]
         self.pretrained_cfg: dict = {}
         self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        # VMamba v0: Linear trunc_normal(0.02) with zero bias, LayerNorm ones / zeros; the convs
-        # and SS2D's own parameters keep their initialisation (SS2D.reset_parameters).
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    # ---- timm's interface ------------------------------------------------------------------
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        for layer in self.layers:
-            layer.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return {name for name, _ in self.named_parameters() if name.endswith(("A_logs", "Ds"))}
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            self._init_weights(self.head)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW image -> NHWC map at stride 32, normalised per token."""
-        x = self.patch_embed(x)
-        for layer in self.layers:
-            x = layer(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-            self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
-            norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Each stage's output before its patch merging (strides 4, 8, 16, 32). indices: None =
-        all, an int n = the last n, or stage indices. norm: the final LayerNorm on the last
-        stage's map (the others have none in VMamba). Returns (final features, intermediates)
-        or only the intermediates."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take = stage_indices(len(self.layers), indices)
-        last = max(take) if stop_early else len(self.layers) - 1
-        intermediates = []
-        x = self.patch_embed(x)
-        for i, layer in enumerate(self.layers[:last + 1]):
-            x = layer.forward_blocks(x)
-            if i in take:
-                y = self.norm(x) if norm and i == len(self.layers) - 1 else x
-                intermediates.append(nhwc_to_nchw(y).contiguous() if output_fmt == "NCHW" else y)
-            if layer.downsample is not None and i < last:
-                x = layer.downsample(x)
-        if intermediates_only:
-            return intermediates
-        return (self.norm(x) if last == len(self.layers) - 1 else x), intermediates

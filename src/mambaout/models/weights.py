@@ -135,8 +135,13 @@ def classifier_keys(model: nn.Module):
 
 def fit_state_dict(model: nn.Module, sd: Dict[str, torch.Tensor], source: str = "checkpoint") -> dict:
     """Load `sd` into `model` strictly, except that a classifier of another class count is
-    re-initialised (and reported). Raises CheckpointError naming the first bad key."""
+    re-initialised (and reported). Raises CheckpointError naming the first bad key. A model
+    with an `adapt_state_dict(sd)` method first fits the checkpoint to itself (Vim: its position
+    embedding resampled to the model's input grid)."""
     sd = official_to_timm(sd)
+    adapt = getattr(model, "adapt_state_dict", None)
+    if adapt is not None:
+        sd = adapt(sd)
     own = model.state_dict()
     info = {"reinit_classifier": False}
 
@@ -209,27 +214,63 @@ def hub_url(name: str, tag: str) -> str:
     return f"https://huggingface.co/timm/{name}.{tag}/resolve/main/{HUB_FILE}"
 
 
-def fetch_pretrained(name: str, tag: str) -> Path:
-    """Path to the weights for timm/<name>.<tag>: our local folder, the HF cache, or a download."""
+def fetch_pretrained(name: str, tag: str, cache_dir=None) -> Path:
+    """Path to the weights for timm/<name>.<tag>: our local folder, the HF cache (or
+    `cache_dir`, in huggingface_hub's layout), or a download."""
     local = local_weights_dir() / f"{name}.{tag}.safetensors"
-    if local.exists():
+    if local.exists() and cache_dir is None:
         return local
     try:
-        from huggingface_hub import hf_hub_download
-        try:
-            return Path(hf_hub_download(f"timm/{name}.{tag}", HUB_FILE, local_files_only=True))
-        except Exception:
-            pass
-        if not _hub_reachable():
-            raise ConnectionError("hub unreachable")
-        from huggingface_hub.utils import logging as hf_logging
-        hf_logging.set_verbosity_error()       # no retry chatter: one line is the contract
-        return Path(hf_hub_download(f"timm/{name}.{tag}", HUB_FILE, etag_timeout=10))
+        return _hub_download(f"timm/{name}.{tag}", HUB_FILE, cache_dir)
     except Exception as e:  # offline, hub down, repo missing: all end the same way for the user
         raise CheckpointError(
             f"pretrained weights for {name}.{tag} are not cached and could not be downloaded "
             f"({type(e).__name__}); download {hub_url(name, tag)} and save it as {local} "
             f"(or pass --checkpoint FILE)") from None
+
+
+def hub_file(repo_id: str, filename: str = HUB_FILE, cache_dir=None) -> Path:
+    """A file of a hub repository from huggingface_hub's cache (or `cache_dir`), downloaded
+    there if absent; one-line CheckpointError offline or when the repo lacks it."""
+    try:
+        return _hub_download(repo_id, filename, cache_dir)
+    except Exception as e:
+        where = f" in {cache_dir}" if cache_dir is not None else ""
+        raise CheckpointError(f"{repo_id}/{filename} is not cached{where} and could not be "
+                              f"downloaded ({type(e).__name__})") from None
+
+
+def url_file(url: str, cache_dir=None) -> Path:
+    """A url's file in `cache_dir` (default: torch.hub's checkpoints folder), downloaded if absent;
+    read afterwards like any checkpoint (no arbitrary unpickling)."""
+    import torch.hub
+    from urllib.parse import urlparse
+    folder = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / Path(urlparse(url).path).name
+    if not path.exists():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(path), progress=False)
+        except Exception as e:
+            raise CheckpointError(f"weights {url} are not cached in {folder} and could not be "
+                                  f"downloaded ({type(e).__name__})") from None
+    return path
+
+
+def _hub_download(repo_id: str, filename: str, cache_dir=None) -> Path:
+    """The cached file, else a download (after a quick reachability check, so that offline
+    machines fail at once instead of retrying); raises whatever went wrong."""
+    from huggingface_hub import hf_hub_download
+    where = {} if cache_dir is None else {"cache_dir": cache_dir}     # default: huggingface_hub's cache
+    try:
+        return Path(hf_hub_download(repo_id, filename, local_files_only=True, **where))
+    except Exception:
+        pass
+    if not _hub_reachable():
+        raise ConnectionError("hub unreachable")
+    from huggingface_hub.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()       # no retry chatter: one line is the contract
+    return Path(hf_hub_download(repo_id, filename, etag_timeout=10, **where))
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -11,6 +11,19 @@ from typing import ClassVar, Optional, Tuple
 
 from ...engine.recipe import RecipeData
 
+# iLLaMA's soft mask schedule for its 75.0 tiny (techmonsterwang/iLLaMA, commit dfc93b9):
+# main_soft.py's --soft_mask default 1.0 and scripts/train_illama_tiny_in1k.sh's
+# --mask_mode soft --mask_schedule constant --cutoff_soft 50 (of 300 epochs); its log shows
+# the rate 1.0 in epochs 0-49 and 0.0 from epoch 50.
+ILLAMA_SOFT_MASK = (1.0, 50)
+
+
+def soft_mask_schedule(epoch: int, ratio: float, cutoff: int) -> float:
+    """iLLaMA's constant soft mask schedule (mask_scheduler.py, mode "soft", schedule
+    "constant"): `ratio` in the epochs before `cutoff` (0-based), 0 (causal) from it on. A
+    function of the epoch alone, so a resumed run finds its mask again without storing it."""
+    return float(ratio) if epoch < cutoff else 0.0
+
 
 @dataclass
 class Recipe(RecipeData):
@@ -67,6 +80,16 @@ class Recipe(RecipeData):
         "help": "random-resized-crop aspect-ratio range", "metavar": ("MIN", "MAX")})
     hflip: float = field(default=0.5, metadata={"help": "horizontal flip probability"})
     seed: int = field(default=0, metadata={"help": "random seed"})
+    # iLLaMA's soft mask (models with a causal attention mask only: illama_tiny_causal): the
+    # mask r * ones + (1 - r) * causal for the first soft_mask_epochs epochs, then causal.
+    # None: iLLaMA's schedule for such a model (task.check fills it in), off for the others.
+    soft_mask_ratio: Optional[float] = field(default=None, metadata={
+        "help": "iLLaMA's soft mask r, held for --soft-mask-epochs epochs, then causal (causal iLLaMA only; "
+                "0 = causal throughout)", "none": f"{ILLAMA_SOFT_MASK[0]} for a causal iLLaMA",
+        "metavar": "R"})
+    soft_mask_epochs: Optional[int] = field(default=None, metadata={
+        "help": "epochs the soft mask is held before the mask turns causal (causal iLLaMA only)",
+        "none": f"{ILLAMA_SOFT_MASK[1]} for a causal iLLaMA", "metavar": "E"})
 
     def peak_lr(self, world_size: int = 1) -> float:
         """lr_base scaled linearly with the real global batch, unless `lr` is set."""
@@ -79,6 +102,12 @@ class Recipe(RecipeData):
 
     def val_interval(self, updates_per_epoch: int) -> int:
         return updates_per_epoch                # validate after every epoch
+
+    def soft_mask_at(self, epoch: int) -> Optional[float]:
+        """The soft mask ratio of epoch `epoch` (0-based), None without a soft mask."""
+        if self.soft_mask_ratio is None:
+            return None
+        return soft_mask_schedule(epoch, self.soft_mask_ratio, self.soft_mask_epochs or 0)
 
     def drop_path_rate(self) -> float:
         if self.drop_path is not None:

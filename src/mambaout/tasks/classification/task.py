@@ -12,7 +12,7 @@ from ...errors import CheckpointError, MambaOutError
 from ...data.loader import eval_loader
 from .evaluate import evaluate
 from ...models import create_model, get_variant
-from .recipe import Recipe
+from .recipe import ILLAMA_SOFT_MASK, Recipe
 from ...utils import absolute
 
 
@@ -39,6 +39,42 @@ class ClassificationTask:
             raise MambaOutError(f"--scale needs 0 < MIN <= MAX <= 1 (fractions of the image area), got {r.scale}")
         if not 0 < r.ratio[0] <= r.ratio[1]:
             raise MambaOutError(f"--ratio needs 0 < MIN <= MAX (crop aspect ratios), got {r.ratio}")
+        self._check_soft_mask()
+
+    def _check_soft_mask(self):
+        """iLLaMA's soft mask (recipe.soft_mask_*): a model with a causal mask gets iLLaMA's
+        schedule where the recipe leaves it open (filled in, so checkpoints record it); for any
+        other model setting it is an error."""
+        r = self.recipe
+        v = get_variant(r.model)
+        if not (v.arch == "illama" and v.extra.get("causal")):
+            if r.soft_mask_ratio is not None or r.soft_mask_epochs is not None:
+                raise MambaOutError(f"--soft-mask-ratio / --soft-mask-epochs apply to a model with a causal "
+                                    f"attention mask (illama_tiny_causal); {r.model} has none")
+            return
+        if r.soft_mask_ratio is None:
+            r.soft_mask_ratio = ILLAMA_SOFT_MASK[0]
+        if r.soft_mask_epochs is None:
+            r.soft_mask_epochs = ILLAMA_SOFT_MASK[1]
+        if not 0 <= r.soft_mask_ratio <= 1:
+            raise MambaOutError(f"--soft-mask-ratio must be in [0, 1] (0: causal, 1: fully visible), "
+                                f"got {r.soft_mask_ratio}")
+        if r.soft_mask_epochs < 0:
+            raise MambaOutError(f"--soft-mask-epochs must be >= 0, got {r.soft_mask_epochs}")
+        if r.soft_mask_ratio > 0 and r.soft_mask_epochs >= r.epochs:
+            raise MambaOutError(
+                f"{r.model}: the soft mask is held for {r.soft_mask_epochs} epochs, which leaves none of the "
+                f"run's {r.epochs} causal (the saved model is evaluated causal): give --soft-mask-epochs "
+                f"below {r.epochs} (iLLaMA: {ILLAMA_SOFT_MASK[1]} of 300), or --soft-mask-ratio 0")
+
+    def start_epoch(self, epoch: int, models):
+        """The engine's per-epoch hook: the soft mask ratio of `epoch` on the trained model and
+        its EMA (validation after the epoch then sees the mask the epoch trained with, as in
+        iLLaMA's main_soft.py). Derived from the epoch, so a resumed run sets it again."""
+        ratio = self.recipe.soft_mask_at(epoch)
+        if ratio is not None:
+            for model in models:
+                model.set_soft_mask(ratio)
 
     def check_resume(self, obj: dict, path: str):
         if obj.get("img_size") not in (None, self.recipe.img_size):
