@@ -3,7 +3,7 @@
 One module per command group, each parsing its flags, calling one library function and
 printing the report: classify.py (train, validate, predict, cam, demo, export, convert),
 segment.py (`mambaout segment ...`), detect.py (`mambaout detect ...`), tools.py (models,
-complexity, benchmark, seqlen, study). flags.py generates the training commands' recipe flags
+complexity, benchmark, seqlen, study, erf). flags.py generates the training commands' recipe flags
 from the recipe dataclasses; common.py holds what the command modules share."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from .detect import (DET_PATHS, DET_RECIPE_FLAGS, DET_TRAIN_FLAGS, cmd_detect_ev
                      cmd_detect_train, det_recipe_changes, det_recipe_from_args)
 from .segment import (SEG_RECIPE_FLAGS, SEG_TRAIN_FLAGS, cmd_segment_eval, cmd_segment_predict,
                       cmd_segment_train, seg_recipe_changes, seg_recipe_from_args)
-from .tools import (DENSE_TABLES, cmd_benchmark, cmd_complexity, cmd_models, cmd_seqlen, cmd_study,
+from .tools import (DENSE_TABLES, cmd_benchmark, cmd_complexity, cmd_erf, cmd_models, cmd_seqlen, cmd_study,
                     dense_rows)
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
     "cmd_train", "cmd_validate", "cmd_predict", "cmd_cam", "cmd_demo", "cmd_export", "cmd_convert",
     "cmd_segment_train", "cmd_segment_eval", "cmd_segment_predict",
     "cmd_detect_train", "cmd_detect_eval", "cmd_detect_predict",
-    "cmd_models", "cmd_complexity", "cmd_benchmark", "cmd_seqlen", "cmd_study",
+    "cmd_models", "cmd_complexity", "cmd_benchmark", "cmd_seqlen", "cmd_study", "cmd_erf",
 ]
 
 
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_detect_parser(sub)
     tools.add_study_parser(sub)
     tools.add_seqlen_parser(sub)
+    tools.add_erf_parser(sub)
     return p
 
 

@@ -1,4 +1,4 @@
-"""The model and analysis tools: models, complexity, benchmark, seqlen, study."""
+"""The model and analysis tools: models, complexity, benchmark, seqlen, study, erf."""
 from __future__ import annotations
 
 import json
@@ -57,9 +57,78 @@ def _print_dense_rows(task: str, rows):
               f"{r['params_m']:>6.0f}{_fmt(r['paper_macs_g'], 0):>16}{r['macs_g']:>10.0f}{score:>19}  {r['source']}")
 
 
+_METRICS = {"top-1": "paper top-1", "cifar": "paper C10/C100", "miou": "paper mIoU SS/MS",
+            "ap": "paper AP box/mask", "ssv2": "paper SSV2", "mean": "paper mean"}
+
+
+def paper_rows() -> list:
+    """`mambaout models --paper`: every model the paper's tables cite, table by table, with the
+    paper's params / MACs / score and ours measured (None where mambaout does not build it)."""
+    from ..analysis.complexity import measure
+    from ..models import DETECTION_VARIANTS, SEGMENTATION_VARIANTS, VARIANTS
+    from ..models.paper_tables import PAPER_TABLES
+    measured, rows = {}, []
+    for table in PAPER_TABLES:
+        for name in table.models:
+            v = VARIANTS.get(name) or SEGMENTATION_VARIANTS.get(name) or DETECTION_VARIANTS.get(name)
+            if v is not None and name not in measured:
+                measured[name] = measure(name)
+            m = measured.get(name, {})
+            if name in VARIANTS:
+                score = v.paper_cifar if table.metric == "cifar" else v.paper_top1
+                paper = (v.paper_params_m, v.paper_macs_g, score)
+            elif v is not None:
+                score = v.paper_miou if name in SEGMENTATION_VARIANTS else v.paper_ap
+                paper = (v.paper_params_m, m.get("paper_macs_g"), score)
+            else:
+                paper = (None, None, None)
+            own = table.numbers.get(name, (None, None, None))
+            paper = tuple(o if o is not None else p for o, p in zip(own, paper))
+            other_input = own[1] is not None        # the table's MACs are of another input (a video clip)
+            rows.append(dict(table=table.key, title=table.title, metric=table.metric, model=name, built=v is not None,
+                             paper_params_m=paper[0], paper_macs_g=paper[1], paper_score=paper[2],
+                             params_m=m.get("params_m"), macs_g=None if other_input else m.get("macs_g"),
+                             paper_convention_macs_g=None if other_input else m.get("paper_convention_macs_g"),
+                             convention=m.get("convention"), params_counted=m.get("params_counted", "all"),
+                             img_size=m.get("img_size")))
+    return rows
+
+
+def _print_paper_rows(rows) -> None:
+    print("Every model the paper's tables cite: the paper's params / MACs / score and ours measured "
+          "(MACs as each table counts them; * in the family's own convention where the paper quotes it: "
+          "`mambaout complexity NAME` gives both)")
+    title = None
+    for r in rows:
+        if r["title"] != title:
+            title = r["title"]
+            head = (f"{'model':<28}{'paper P(M)':>11}{'P(M)':>7}{'paper MACs(G)':>15}{'MACs(G)':>9}"
+                    f"{_METRICS[r['metric']]:>19}")
+            print(f"\n{title}\n{head}\n{'-' * len(head)}")
+        dense = isinstance(r["img_size"], (tuple, list))      # segmentation / detection: integers
+        params = lambda v: _fmt(v, 0 if dense else 1)
+        macs = (lambda v: _fmt(v, 0)) if dense else _fmt_g
+        score = r["paper_score"]
+        score = "-" if score is None else "/".join(map(str, score)) if isinstance(score, (tuple, list)) else str(score)
+        as_printed = lambda v: "-" if v is None else f"{v:g}"       # the paper's numbers as it prints them
+        ours = macs(r["macs_g"]) if r["paper_convention_macs_g"] is None else f"{macs(r['paper_convention_macs_g'])}*"
+        print(f"{r['model']:<28}{as_printed(r['paper_params_m']):>11}{params(r['params_m']):>7}"
+              f"{macs(r['paper_macs_g']):>15}{ours:>9}{score:>19}"
+              + ("" if r["built"] else "  (not in mambaout yet)"))
+
+
 def cmd_models(args) -> int:
     from ..analysis.complexity import measure
     from ..models import VARIANTS, list_models
+    if args.paper:
+        if args.pattern or args.task or args.img_size:
+            raise MambaOutError("--paper prints the paper's tables whole: leave out the pattern, --task and --img-size")
+        rows = paper_rows()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            _print_paper_rows(rows)
+        return 0
     # --json lists the classification rows unless --task segmentation (or all) asks for more
     task = args.task or ("classification" if args.json else "all")
     names = list_models(args.pattern) if task in ("classification", "all") else []
@@ -126,6 +195,9 @@ def cmd_complexity(args) -> int:
         print(f"{m['model']} at {_size_text(m['img_size'])}: {m['params']:,} params "
               f"({m['params_m']:.1f}M{counted}), {m['macs']:,} MACs ({m['macs'] / 1e9:.3f}G, "
               f"{_fmt_g(m['macs_g'])}G rounded half up)")
+        if "paper_convention" in m:
+            print(f"  in the paper's convention, {m['paper_convention']}: {m['paper_convention_macs']:,} MACs "
+                  f"({m['paper_convention_macs'] / 1e9:.3f}G, {_fmt_g(m['paper_convention_macs_g'])}G)")
     return 0
 
 
@@ -155,7 +227,7 @@ def cmd_benchmark(args) -> int:
             print(bench.isa_line(bench.cpu_isa()))
             print(bench.allocator_line())
         print(bench.format_table(records))
-        if "vmamba" in (args.compare or []):
+        if set(args.compare or []) & set(bench.COMPARE_PAIRS):
             print("\nTable 4 (paper: RTX 4090, fp16, PyTorch 2.3):")
             print(bench.format_table4(records))
         ours = next((r for r in records if r["impl"] == "mambaout"), None)
@@ -205,12 +277,40 @@ def cmd_study(args) -> int:
     return 0
 
 
+def cmd_erf(args) -> int:
+    import sys
+    from ..analysis import erf
+    settings = erf.ErfSettings(models=args.model, output=args.output, checkpoints=args.checkpoint or [],
+                               data=args.data, num_images=args.num_images, img_size=args.img_size,
+                               device=args.device, seed=args.seed)
+    results = erf.run(settings, say=lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print("Effective receptive field (RepLKNet's method): area ratio = the smallest centred square "
+          "holding more than 20/50/99% of log10(map + 1) / max, over the image's area")
+    head = f"{'model':<28}{'images':>7}{'feature map':>16}{'r20':>8}{'r50':>8}{'r99':>8}  centroid / centre"
+    print(head)
+    print("-" * len(head))
+    for label, r in results.items():
+        ratios = "".join(f"{'-' if r[k] is None else format(r[k], '.4f'):>8}"
+                         for k in ("area_ratio_20", "area_ratio_50", "area_ratio_99"))
+        fmap = "x".join(str(v) for v in r["feature_map"])
+        centroid = "-" if r["centroid"] is None else "({:.1f}, {:.1f})".format(*r["centroid"])
+        print(f"{label:<28}{r['images']:>7}{fmap:>16}{ratios}  {centroid} / {tuple(r['centre'])}")
+    first = next(iter(results.values()))
+    print("wrote " + ", ".join([first["png"]] + [r["npy"] for r in results.values()]))
+    return 0
+
+
 def add_models_parser(sub):
     s = sub.add_parser("models", help="the variant table: paper vs measured params/MACs")
     s.add_argument("pattern", nargs="?", help="shell-style filter, e.g. '*base*'")
     s.add_argument("--img-size", type=int, help="default: each model's own (224; 32 for study_*)")
     s.add_argument("--task", choices=["classification", "segmentation", "detection", "all"],
                    help="which tables (default: all; with --json the classification rows only)")
+    s.add_argument("--paper", action="store_true",
+                   help="every model the paper's tables cite, grouped by table: the paper's numbers and ours")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_models)
 
@@ -228,9 +328,12 @@ def add_complexity_parser(sub):
 def add_benchmark_parser(sub):
     s = sub.add_parser("benchmark", help="throughput vs timm (interleaved, median of repeats)")
     s.add_argument("--model", nargs="+", default=["mambaout_tiny"])
-    s.add_argument("--compare", action="append", choices=["timm", "reference", "vmamba"],
+    s.add_argument("--compare", action="append", choices=["timm", "reference", "vmamba", "local_vmamba",
+                                                          "efficient_vmamba", "vim", "illama"],
                    help="also run timm's implementation (+ convnext_tiny), our reference block, or the "
-                        "VMamba v0 size of each MambaOut size (Table 4; with --mode both its layout)")
+                        "comparator the paper pairs with each MambaOut model (vmamba: Table 4's VMamba-T/S/B; "
+                        "local_vmamba, efficient_vmamba, vim, illama: the main table's / Table 5's; the "
+                        "Table 4 layout is printed)")
     s.add_argument("--mode", default="infer", choices=["infer", "train", "both"])
     s.add_argument("-b", "--batch-size", type=int, default=16)
     s.add_argument("--img-size", type=int, default=224)
@@ -284,3 +387,19 @@ def add_seqlen_parser(sub):
     s.add_argument("--plot", metavar="FILE.png", help="also write the ratio-over-L plot")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_seqlen)
+
+
+def add_erf_parser(sub):
+    s = sub.add_parser("erf", help="effective receptive field maps and area ratios (RepLKNet's method)")
+    s.add_argument("model", nargs="+", help="model name(s), one panel each")
+    s.add_argument("--checkpoint", action="append", metavar="FILE",
+                   help="weights for a model: none, or one per model in the same order (repeat the flag)")
+    s.add_argument("--data", help="a folder of images, flat or <class>/<image> (default: random noise)")
+    s.add_argument("-n", "--num-images", type=int, default=50, help="images to average over (default 50)")
+    s.add_argument("--img-size", type=int, default=1024,
+                   help="square input size (default 1024, RepLKNet's and VMamba's; smaller is faster)")
+    s.add_argument("-o", "--output", required=True, help="folder for erf.png, <model>_erf.npy, erf.json")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the noise images and of fresh models' initialisation (default 0)")
+    s.add_argument("--json", action="store_true", help="print {model: {area_ratio_20, ...}} on stdout")
+    s.set_defaults(func=cmd_erf)

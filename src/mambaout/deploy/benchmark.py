@@ -61,11 +61,22 @@ class Impl:
     ours: Optional[str] = None        # the MambaOut variant this row is compared with (default model_name)
 
 
-# Table 4 of the paper (RTX 4090, fp16, PyTorch 2.3): (train, infer) img/s of each size, and
-# the VMamba v0 size each MambaOut size is compared with (`--compare vmamba`).
+# Table 4 of the paper (RTX 4090, fp16, PyTorch 2.3): (train, infer) img/s of each size.
 PAPER_TABLE4 = {"mambaout_tiny": (1055, 3370), "mambaout_small": (665, 2150), "mambaout_base": (441, 1375),
                 "vmamba_tiny": (194, 582), "vmamba_small": (117, 326), "vmamba_base": (88, 240)}
-VMAMBA_PAIR = {"mambaout_tiny": "vmamba_tiny", "mambaout_small": "vmamba_small", "mambaout_base": "vmamba_base"}
+# `--compare FAMILY`: the comparator each MambaOut model is measured against, as the paper's tables
+# pair them (main table and Table 4: VMamba-T/S/B, LocalVMamba-T/S with Tiny/Small,
+# EfficientVMamba-S with Femto; Table 5: Vim-S with the isotropic MambaOut-S). iLLaMA-T is not
+# paired with a MambaOut in the paper; Femto is the closest in size (7.3M / 1.2G vs 5.7M / 1.3G).
+COMPARE_PAIRS = {
+    "vmamba": {"mambaout_tiny": "vmamba_tiny", "mambaout_small": "vmamba_small", "mambaout_base": "vmamba_base"},
+    "local_vmamba": {"mambaout_tiny": "local_vmamba_tiny", "mambaout_small": "local_vmamba_small"},
+    "efficient_vmamba": {"mambaout_femto": "efficient_vmamba_small"},
+    "vim": {"mambaout_s_iso": "vim_small"},
+    "illama": {"mambaout_femto": "illama_tiny"},
+}
+VMAMBA_PAIR = COMPARE_PAIRS["vmamba"]
+COMPARE_CHOICES = ("timm", "reference") + tuple(COMPARE_PAIRS)
 
 
 def _amp_dtype(precision):
@@ -114,14 +125,14 @@ def build_impls(model_name: str, compare: List[str], s: Settings, yardstick: boo
                 if hasattr(m, "fast"):
                     m.fast = False
             impls.append(Impl("reference", name, ref, prec["others"]))
-        elif c == "vmamba":
-            pair = VMAMBA_PAIR.get(name)
+        elif c in COMPARE_PAIRS:
+            pair = COMPARE_PAIRS[c].get(name)
             if pair is None:
-                raise MambaOutError(f"--compare vmamba pairs {', '.join(VMAMBA_PAIR)} with VMamba-T/S/B "
-                                    f"(Table 4), not {name}")
-            impls.append(Impl("vmamba", pair, create_model(pair), prec["others"], ours=name))
+                pairs = ", ".join(f"{k} with {v}" for k, v in COMPARE_PAIRS[c].items())
+                raise MambaOutError(f"--compare {c} pairs {pairs}, not {name}")
+            impls.append(Impl(c, pair, create_model(pair, img_size=s.img_size), prec["others"], ours=name))
         else:
-            raise MambaOutError(f"--compare takes timm, reference or vmamba, got {c!r}")
+            raise MambaOutError(f"--compare takes {', '.join(COMPARE_CHOICES)}, got {c!r}")
     return impls
 
 
@@ -279,7 +290,7 @@ def _add_ratios(records):
         r["ratio"] = round(o["img_per_s"] / r["img_per_s"], 3)
         key = {"timm": "ratio_vs_timm", "reference": "ratio_vs_reference", "mambaout:fp32": "ratio_vs_fp32",
                "mambaout:autocast": "ratio_vs_autocast", "timm:convnext_tiny": "ratio_vs_convnext_tiny",
-               "vmamba": "ratio_vs_vmamba"}[r["impl"]]
+               **{c: f"ratio_vs_{c}" for c in COMPARE_PAIRS}}[r["impl"]]
         o[key] = r["ratio"]
 
 
@@ -429,31 +440,35 @@ def plot(records: List[Dict], path):
 
 
 def format_table4(records: List[Dict]) -> str:
-    """The paper's Table 4 layout: each MambaOut size beside its VMamba size, train and infer
-    img/s measured here (interleaved in one process) and the paper's, MACs, and MambaOut's
-    speed-up over VMamba here and in the paper (RTX 4090, fp16)."""
-    got = {(r["model"], r["mode"]): r for r in records if r["impl"] in ("mambaout", "vmamba")}
-    head = (f"{'model':<16}{'MACs(G)':>8}{'train img/s':>13}{'infer img/s':>13}{'paper train':>13}"
+    """The paper's Table 4 layout, for every comparator family benchmarked: each MambaOut model
+    beside the model it is compared with, train and infer img/s measured here (interleaved in one
+    process) and the paper's where Table 4 has them, MACs, and MambaOut's speed-up here and in
+    the paper (RTX 4090, fp16)."""
+    families = [c for c in COMPARE_PAIRS if any(r["impl"] == c for r in records)]
+    got = {(r["model"], r["mode"]): r for r in records if r["impl"] in ["mambaout"] + families}
+    head = (f"{'model':<24}{'MACs(G)':>8}{'train img/s':>13}{'infer img/s':>13}{'paper train':>13}"
             f"{'paper infer':>13}")
     lines = [head, "-" * len(head)]
-    for ours, theirs in VMAMBA_PAIR.items():
-        if not any((ours, m) in got for m in ("infer", "train")):
-            continue
-        speed = []
-        for name in (theirs, ours):
-            rows = {m: got.get((name, m)) for m in ("train", "infer")}
-            macs = next((r["gmacs_per_img"] for r in rows.values() if r), 0.0)
-            cells = "".join((f"{r['img_per_s']:>13.2f}" if r["img_per_s"] < 10 else f"{r['img_per_s']:>13.1f}")
-                            if r else f"{'-':>13}" for r in rows.values())
-            paper = PAPER_TABLE4[name]
-            lines.append(f"{name:<16}{macs:>8.2f}{cells}{paper[0]:>13}{paper[1]:>13}")
-        for m, i in (("train", 0), ("infer", 1)):
-            a, b = got.get((ours, m)), got.get((theirs, m))
-            if a and b:
-                speed.append(f"{m} {a['img_per_s'] / b['img_per_s']:.1f}x here, "
-                             f"{PAPER_TABLE4[ours][i] / PAPER_TABLE4[theirs][i]:.1f}x in the paper")
-        lines.append(f"{'':<16}MambaOut / VMamba: " + "; ".join(speed))
+    for family in families:
+        for ours, theirs in COMPARE_PAIRS[family].items():
+            if not any((theirs, m) in got for m in ("infer", "train")):
+                continue
+            speed = []
+            for name in (theirs, ours):
+                rows = {m: got.get((name, m)) for m in ("train", "infer")}
+                macs = next((r["gmacs_per_img"] for r in rows.values() if r), 0.0)
+                cells = "".join((f"{r['img_per_s']:>13.2f}" if r["img_per_s"] < 10 else f"{r['img_per_s']:>13.1f}")
+                                if r else f"{'-':>13}" for r in rows.values())
+                paper = PAPER_TABLE4.get(name, ("-", "-"))
+                lines.append(f"{name:<24}{macs:>8.2f}{cells}{paper[0]:>13}{paper[1]:>13}")
+            for m, i in (("train", 0), ("infer", 1)):
+                a, b = got.get((ours, m)), got.get((theirs, m))
+                if a and b:
+                    in_paper = (f", {PAPER_TABLE4[ours][i] / PAPER_TABLE4[theirs][i]:.1f}x in the paper"
+                                if ours in PAPER_TABLE4 and theirs in PAPER_TABLE4 else "")
+                    speed.append(f"{m} {a['img_per_s'] / b['img_per_s']:.1f}x here{in_paper}")
+            lines.append(f"{'':<24}MambaOut / {theirs}: " + "; ".join(speed))
     scans = sorted({r["scan"] for r in got.values() if r.get("scan")})
     if scans:
-        lines.append(f"VMamba's selective scan: {', '.join(scans)}")
+        lines.append(f"selective scan: {', '.join(scans)}")
     return "\n".join(lines)

@@ -62,7 +62,7 @@ fully-visible ViTs of Table 11, and the isotropic MambaOut of Table 5.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -71,7 +71,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import MambaOutError
-from .blocks import GatedCNNBlock, LayerNorm, MlpHead, MlpHeadClassifier, nchw_to_nhwc
+from .blocks import GatedCNNBlock, LayerNorm, MlpHead, MlpHeadClassifier, nchw_to_nhwc, nhwc_to_nchw, stage_indices
 from .ssm import SelectiveSSM
 
 Grid = Tuple[int, int]
@@ -296,6 +296,47 @@ class IsotropicNet(_ClassifierAPI, nn.Module):
         x = self._run_blocks(x + self.pos_embed, grid)
         return self.norm(x)
 
+    def forward_intermediates(
+            self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
+            norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """The outputs of the layers in `indices` as timm's VisionTransformer gives them: the
+        class token (if any) removed, the patch tokens as an NCHW map over the token grid
+        ("NLC": as (B, L, D) tokens). indices: None = all layers, an int n = the last n, or
+        layer indices (negative allowed). norm: apply the final LayerNorm to each. Returns
+        (final features, intermediates), the final ones as forward_features gives them (all
+        tokens, normalised), or only the intermediates."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take = stage_indices(len(self.blocks), indices)
+        last = max(take) if stop_early else len(self.blocks) - 1
+        x = self.patch_embed(x)
+        grid = tuple(x.shape[1:3])
+        if grid != self.grid:   # the same check (and line) as forward_features
+            raise MambaOutError(f"input gives a {grid[0]}x{grid[1]} token grid; this model's "
+                                f"position embedding is for {self.grid[0]}x{self.grid[1]} (build it "
+                                f"with img_size={grid[0] * self.patch_size})")
+        x = x.flatten(1, 2)
+        if self.cls_token is not None:
+            cls = self.cls_token.expand(x.shape[0], -1, -1)
+            x = torch.cat((x, cls) if self.causal else (cls, x), dim=1)
+        x = x + self.pos_embed
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        intermediates = []
+        for i, blk in enumerate(self.blocks[:last + 1]):
+            x = checkpoint(blk, x, grid, use_reentrant=False) if ckpt else blk(x, grid)
+            if i in take:
+                y = self.norm(x) if norm else x
+                if self.cls_token is not None:     # first in fully-visible mode, last when causal
+                    y = y[:, :-1] if self.causal else y[:, 1:]
+                if output_fmt == "NCHW":
+                    y = y.reshape(y.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous()
+                intermediates.append(y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "cls":
             x = x[:, self._cls_index()]
@@ -352,6 +393,31 @@ class IsotropicMambaOut(MlpHeadClassifier, _ClassifierAPI, nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW image -> NHWC feature map at stride `patch_size`."""
         return self._run_blocks(self.stem(x))
+
+    def forward_intermediates(
+            self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
+            norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """The outputs of the blocks in `indices` (maps at stride `patch_size`), NCHW or NHWC.
+        indices: None = all blocks, an int n = the last n, or block indices (negative allowed).
+        `norm` is accepted for timm compatibility; there is no norm after the last block (the
+        head's LayerNorm follows the pooling), so it does nothing. Returns (final features,
+        NHWC as forward_features gives them, intermediates) or only the intermediates."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take = stage_indices(len(self.blocks), indices)
+        last = max(take) if stop_early else len(self.blocks) - 1
+        x = self.stem(x)
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        intermediates = []
+        for i, blk in enumerate(self.blocks[:last + 1]):
+            x = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
+            if i in take:
+                intermediates.append(nhwc_to_nchw(x).contiguous() if output_fmt == "NCHW" else x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
