@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, LayerScale, trunc_normal_
 
-from .fast import gated_cnn_fast
+from .fast import fx_tracing, gated_cnn_fast
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -70,11 +70,16 @@ class GatedCNNBlock(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.ls = LayerScale(dim, init_values=ls_init_value) if ls_init_value is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        # Use the fast path (models/fast.py); False runs the reference below. An instance
+        # attribute (TorchScript sees only those); the class default keeps older pickles working.
+        self.fast = True
 
-    fast = True  # use the fast path (models/fast.py); False runs the reference below
+    fast = True
 
     def forward(self, x):
-        if self.fast and self.mixer is None:
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch: plain ops
+            return self.forward_reference(x)
+        if self.fast and self.mixer is None and not fx_tracing(x):  # FX: plain ops, traceable
             return gated_cnn_fast(self, x)
         return self.forward_reference(x)
 

@@ -37,6 +37,7 @@ import threading
 import weakref
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -48,8 +49,22 @@ def _compiling() -> bool:
         return False
 
 
+def fx_tracing(x=None) -> bool:
+    """True under torch.fx symbolic tracing (torchvision's create_feature_extractor, timm's
+    FeatureGraphNet): `x` is then a Proxy, whose attributes cannot steer Python control flow,
+    so callers take the plain-op reference path. torch.export / torch.compile are not FX
+    symbolic tracing (they run on fake tensors) and answer False here."""
+    return isinstance(x, torch.fx.Proxy) or _fx_symbolic_tracing()
+
+
+try:
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as _fx_symbolic_tracing
+except ImportError:  # older torch: its one flag covers symbolic tracing only
+    from torch.fx._symbolic_trace import is_fx_tracing as _fx_symbolic_tracing
+
+
 def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or _compiling()
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or _compiling() or fx_tracing()
 
 
 def inference_mode_active(x: torch.Tensor) -> bool:
@@ -108,10 +123,16 @@ def _plan(blk, dtype=None):
     params = (blk.norm.weight, blk.norm.bias, blk.fc1.weight, blk.fc1.bias, blk.fc2.weight, blk.fc2.bias,
               blk.conv.weight, blk.conv.bias, getattr(blk.ls, "gamma", None))
     dtype = dtype or blk.fc1.weight.dtype
-    key = tuple((None if p is None else (p.data_ptr(), p._version, p.dtype, p.device)) for p in params)
+    # The cache is keyed on each weight's storage and version counter. Inference tensors (a model
+    # built under torch.inference_mode) have no version counter, so an in-place change (e.g.
+    # load_state_dict) would go unseen: their plan is rebuilt on every call and never cached.
+    # Meta tensors have no storage to key on: rebuilt too (shapes only, cheap).
+    cacheable = all(p is None or not (p.is_inference() or p.is_meta) for p in params)
+    key = (tuple((None if p is None else (p.data_ptr(), p._version, p.dtype, p.device)) for p in params)
+           if cacheable else None)
     caches = _cache(blk, "plan")
     cache = caches.get(dtype)
-    if cache is not None and cache[0] == key:
+    if cacheable and cache is not None and cache[0] == key:
         return cache[1]
     hidden, ident, _ = blk.split_indices
     n = hidden + ident
@@ -123,7 +144,10 @@ def _plan(blk, dtype=None):
                      wi=w[hidden:n], bi=b[hidden:n], wc=w[n:], bc=b[n:],
                      w2a=w2[:, :ident], w2b=w2[:, ident:], b2=b2, wconv=wconv, bconv=bconv, ls=ls)
         plan = {name: None if t is None else t.to(dtype).contiguous() for name, t in parts.items()}
-    caches[dtype] = (key, plan)
+    if cacheable:
+        caches[dtype] = (key, plan)
+    else:
+        caches.pop(dtype, None)
     return plan
 
 

@@ -15,6 +15,12 @@ attention cannot carry its own q/k/v projections (at stage 3 alone those would a
 made by fc1, as query, key and value (heads of 32 channels) and adds no weights:
 26.5M and 4.76G, within 2% of the table. The SSM choice lands at 27.9M and 5.0G.
 Both second mixers scan / attend over the H*W tokens of a stage in raster order.
+
+Tracing (ours): GridAttention is plain ops (FX, TorchScript, torch.export). The selective
+scan picks its algorithm from the input's size and device (ssm.run_scan), which FX symbolic
+tracing cannot follow, so GridSSM is registered with timm as a leaf module
+(timm.layers.register_notrace_module): timm's FX feature extractors call it whole; with
+torchvision's create_feature_extractor pass tracer_kwargs={"leaf_modules": [GridSSM]}.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 STAGE_MIXERS = ("", "attn", "ssm")
 
@@ -46,6 +53,7 @@ class GridAttention(nn.Module):
         return y.transpose(1, 2).reshape(b, h, w, c)
 
 
+@register_notrace_module
 class GridSSM(nn.Module):
     """Mamba's selective SSM over the H*W tokens of a (B, H, W, C) map, raster order."""
 

@@ -1,7 +1,12 @@
 """The hierarchical MambaOut: stem, four stages of Gated CNN blocks, MLP head.
 
-Interface follows timm/ConvNeXt backbones: forward_features, forward_head,
-forward_intermediates, feature_info, reset_classifier, set_grad_checkpointing.
+Interface: the contract timm holds its own models to (timm 1.0, timm/models/mambaout.py):
+forward_features, forward_head, forward_intermediates, prune_intermediate_layers,
+feature_info, get_classifier / reset_classifier, set_grad_checkpointing, group_matcher,
+no_weight_decay, pretrained_cfg with its `default_cfg` alias. The model also FX-traces
+(torchvision / timm feature extractors), scripts, exports (torch.export), deep-copies and
+pickles, and runs under torch.inference_mode and on the meta device: under scripting and
+FX tracing every block takes the plain-op reference path (blocks.py), equal to the fast one.
 """
 from __future__ import annotations
 
@@ -14,8 +19,15 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import (ACTIVATIONS, Downsample, GatedCNNBlock, MlpHead, MlpHeadClassifier, Stem, nhwc_to_nchw,
                      stage_indices)
-from .fast import _compiling
+from .fast import _compiling, fx_tracing
 from .hybrid import stage_block_kwargs
+
+
+def _exporting() -> bool:
+    try:
+        return torch.compiler.is_exporting()
+    except AttributeError:  # older torch
+        return False
 
 
 def _eager_features(model, x):
@@ -41,7 +53,7 @@ class MambaOutStage(nn.Module):
 
     def forward(self, x):
         x = self.downsample(x)
-        if self.grad_checkpointing and torch.is_grad_enabled():
+        if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
             for block in self.blocks:
                 x = checkpoint(block, x, use_reentrant=False)
             return x
@@ -101,8 +113,20 @@ class MambaOut(MlpHeadClassifier, nn.Module):
         self.head = MlpHead(prev_dim, num_classes, mid_norm=head == "mlp", act_layer=nn.GELU,
                             drop_rate=drop_rate, global_pool=global_pool)
         self.head_hidden_size = self.head.num_features
+        # Keys are timm PretrainedCfg fields (create_model fills it from registry.pretrained_cfg).
         self.pretrained_cfg: dict = {}
         self.apply(self._init_weights)
+
+    # timm's models carry `default_cfg`, the older name of `pretrained_cfg`: the same dict.
+    __jit_unused_properties__ = ["default_cfg"]
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict):
+        self.pretrained_cfg = cfg
 
     @staticmethod
     def _init_weights(m):
@@ -117,6 +141,22 @@ class MambaOut(MlpHeadClassifier, nn.Module):
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise lr decay (timm.optim's param_groups_layer_decay):
+        the stem first, then per stage (coarse) or per block, a stage's downsample with its first
+        block; the head is what matches nothing (timm puts it last). timm's regexes, our names."""
+        return dict(stem=r"^stem",
+                    blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.downsample", (0,)),
+                                                            (r"^stages\.(\d+)\.blocks\.(\d+)", None)])
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """Parameters trained without weight decay beyond timm's default (which already spares
+        every 1-d parameter: norms, biases, layer scales): the SSM's A_log and D in Table 7's
+        VMamba-Mixed-Stage model, as Mamba does (its `_no_weight_decay` marks); none in MambaOut."""
+        return {name for name, _ in self.named_parameters() if name.rsplit(".", 1)[-1] in ("A_log", "D")}
+
     # CPU inference runs the batch in slices whose largest activation stays under this many
     # bytes. glibc mmaps every allocation above 32 MiB and the kernel page-faults it on each call,
     # which on CPU costs about as much as the GEMM that fills it. Every op is per sample, so
@@ -125,7 +165,11 @@ class MambaOut(MlpHeadClassifier, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW image -> NHWC feature map at stride 32."""
-        if x.device.type == "cpu" and not torch.is_grad_enabled() and _compiling():
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch
+            return self.stages(self.stem(x))
+        if fx_tracing(x):  # a Proxy cannot steer the slicing below; blocks take plain ops
+            return self.stages(self.stem(x))
+        if x.device.type == "cpu" and not torch.is_grad_enabled() and _compiling() and not _exporting():
             # CPU inference under torch.compile: our fused eager plan beats inductor's code for
             # this model (docs/performance.md), so the compiled graph calls it as is.
             return _eager_features(self, x)
@@ -141,7 +185,7 @@ class MambaOut(MlpHeadClassifier, nn.Module):
     def _cpu_slice(self, x) -> int:
         # Also under torch.compile (static shapes), but never under jit tracing / ONNX export,
         # which would bake the slice sizes into the graph.
-        if (self.cpu_slice_bytes is None or x.device.type != "cpu" or x.dim() != 4
+        if (self.cpu_slice_bytes is None or fx_tracing(x) or x.device.type != "cpu" or x.dim() != 4
                 or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting()):
             return 0
         pixels = x.shape[2] * x.shape[3]
@@ -173,6 +217,8 @@ class MambaOut(MlpHeadClassifier, nn.Module):
         (negative allowed). output_fmt "NCHW" or "NHWC". Returns (final features,
         intermediates) or only the intermediates. `norm` is accepted for timm
         compatibility; MambaOut has no norm after the last stage, so it does nothing.
+        stop_early: skip the stages after the last one taken (then the final features
+        returned are those of that stage).
         """
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
@@ -191,12 +237,23 @@ class MambaOut(MlpHeadClassifier, nn.Module):
     def _take_indices(self, indices) -> List[int]:
         return stage_indices(len(self.stages), indices)
 
-    def prune_intermediate_layers(self, indices=1, prune_head: bool = True):
-        """Drop stages after the last one in `indices` (and the head) for backbone use."""
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop what forward_intermediates(indices) does not need, as timm's MambaOut does:
+        the stages after the last one taken and, with prune_head (or when stages were dropped:
+        the head was sized for the last stage), the head's norm and MLP and its classifier.
+        prune_norm is timm's argument; MambaOut has no norm outside its head, so it changes
+        nothing. Returns the kept indices (non-negative)."""
         take = self._take_indices(indices)
-        self.stages = self.stages[:max(take) + 1]
-        if prune_head:
-            self.reset_classifier(0, "")
+        last = max(take)
+        prune_end = last < len(self.stages) - 1
+        self.stages = self.stages[:last + 1]
+        self.feature_info = self.feature_info[:last + 1]
+        if prune_end:
+            self.num_features = self.feature_info[last]["num_chs"]
+        if prune_head or prune_end:
             self.head.norm = nn.Identity()
             self.head.pre_logits = nn.Identity()
+            self.head.in_features = self.head.num_features = self.head_hidden_size = self.num_features
+            self.reset_classifier(0, "")
         return take
