@@ -80,3 +80,14 @@ def test_compare_choices_are_the_benchmarks():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     compare = next(a for a in sub.choices["benchmark"]._actions if a.dest == "compare")
     assert tuple(compare.choices) == COMPARE_CHOICES
+
+
+@pytest.mark.parametrize("family,ours,theirs", [("efficient_vmamba", "mambaout_femto", "efficient_vmamba_small"),
+                                                ("vim", "mambaout_s_iso", "vim_small")])
+def test_benchmark_compares_the_other_families(family, ours, theirs, capsys):
+    """--compare takes every comparator family; the Table 4 layout lists the pair (the paper's
+    Table 4 has no column for them: '-')."""
+    assert main(["benchmark", "--model", ours, "--compare", family, "-b", "1", "--img-size", "32",
+                 "--repeats", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"MambaOut / {theirs}: infer" in out and theirs in out
