@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
+from .fast import fx_tracing
 from .vmamba import SS2D, K, Permute, StageClassifier, init_linear_ln
 
 PATCH = 4       # patch embedding stride: the smallest input side
@@ -79,7 +80,8 @@ class PatchEmbed(nn.Sequential):
         super().__init__(nn.Conv2d(in_chans, dim, PATCH, stride=PATCH), Permute(0, 2, 3, 1), nn.LayerNorm(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[-2] < PATCH or x.shape[-1] < PATCH:
+        # (FX symbolic tracing: a Proxy's shape cannot be checked; the conv will refuse instead)
+        if not fx_tracing(x) and (x.dim() != 4 or x.shape[-2] < PATCH or x.shape[-1] < PATCH):
             raise ValueError(f"EfficientVMamba needs images of at least {PATCH}x{PATCH} pixels (N, C, H, W), "
                              f"got shape {tuple(x.shape)}")
         return super().forward(x)

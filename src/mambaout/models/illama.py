@@ -47,6 +47,12 @@ F.scaled_dot_product_attention, with one the explicit softmax-times-mask; an inp
 size than the model was built for gets the patch part of the position embedding resized
 (bicubic, as timm's resample_abs_pos_embed) and RoPE positions 0 .. N-1 for its own N (iLLaMA
 asserts the built size); the class token's position embedding is kept.
+
+timm's contract (issue 22): pretrained_cfg and its `default_cfg` alias, forward_intermediates /
+prune_intermediate_layers (as timm's ViT), group_matcher, no_weight_decay,
+set_grad_checkpointing; FX (torchvision's and timm's feature extractors; under symbolic tracing
+the input is taken to have the built size), TorchScript, torch.export, deep copies, pickle,
+inference_mode and the meta device.
 """
 from __future__ import annotations
 
@@ -60,6 +66,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import MambaOutError
 from .blocks import stage_indices
+from .fast import fx_tracing
 
 ROPE_THETA = 10000.0
 
@@ -99,9 +106,10 @@ class Mlp(nn.Module):
         return self.fc2(F.silu(self.fc1(x)) * self.fc3(x))
 
 
-def rope_angles(n: int, head_dim: int, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+def rope_angles(n: int, head_dim: int, device: Optional[torch.device] = None,
+                theta: float = ROPE_THETA) -> Tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin), each (n, head_dim / 2) in float32: position i, frequency theta^(-2j / head_dim)."""
-    freqs = 1.0 / ROPE_THETA ** (torch.arange(0, head_dim, 2, device=device)[: head_dim // 2].float() / head_dim)
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device)[: head_dim // 2].float() / head_dim)
     angles = torch.outer(torch.arange(n, device=device).float(), freqs)
     return angles.cos(), angles.sin()
 
@@ -109,13 +117,14 @@ def rope_angles(n: int, head_dim: int, device=None) -> Tuple[torch.Tensor, torch
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the adjacent channel pairs (2j, 2j + 1) of x (B, H, N, head_dim) by the angles of
     each token, in float32, and cast back."""
-    xf = x.float().reshape(*x.shape[:-1], -1, 2)
+    xf = x.float().unflatten(-1, (-1, 2))
     x0, x1 = xf[..., 0], xf[..., 1]
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return out.flatten(-2).type_as(x)
 
 
-def soft_mask(n: int, ratio: float, device=None, dtype=torch.float32) -> torch.Tensor:
+def soft_mask(n: int, ratio: float, device: Optional[torch.device] = None,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """iLLaMA's soft mask over n tokens: ratio * ones + (1 - ratio) * lower-triangular ones."""
     causal = torch.ones(n, n, device=device, dtype=dtype).tril()
     return ratio * torch.ones_like(causal) + (1 - ratio) * causal
@@ -147,8 +156,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: Tuple[torch.Tensor, torch.Tensor],
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        x = masked_attention(apply_rope(q, *rope), apply_rope(k, *rope), v, mask)
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        cos, sin = rope
+        x = masked_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
 
@@ -163,7 +173,8 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(dim, eps)
         self.mlp = Mlp(dim, mlp_hidden)
 
-    def forward(self, x: torch.Tensor, rope, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Tuple[torch.Tensor, torch.Tensor],
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), rope, mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -221,6 +232,7 @@ class ILLaMA(nn.Module):
         self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = dim
         self.patch_size = patch_size
+        self.head_dim = dim // num_heads
         self.grid = (img[0] // patch_size, img[1] // patch_size)
         self.causal = causal
         self.soft_mask_ratio = 0.0            # iLLaMA's soft_mask_rate; causal models only
@@ -259,7 +271,7 @@ class ILLaMA(nn.Module):
             raise ValueError(f"the soft mask ratio must be in [0, 1], got {ratio}")
         self.soft_mask_ratio = float(ratio)
 
-    def attention_mask(self, n: int, device=None) -> Optional[torch.Tensor]:
+    def attention_mask(self, n: int, device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
         """The (n, n) mask the blocks apply after the softmax; None when there is none (fully
         visible, or a soft mask of ratio 1, which is all ones)."""
         if not self.causal or self.soft_mask_ratio == 1.0:
@@ -267,9 +279,27 @@ class ILLaMA(nn.Module):
         return soft_mask(n, self.soft_mask_ratio, device)
 
     # ---- timm's interface ------------------------------------------------------------------
+    # timm's models carry `default_cfg`, the older name of `pretrained_cfg`: the same dict.
+    __jit_unused_properties__ = ["default_cfg"]
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict):
+        self.pretrained_cfg = cfg
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer-wise lr decay groups (timm.optim), as timm's ViT: the embeddings first, one
+        group per block, the final norm with the last block, the head last (unmatched)."""
+        return dict(stem=r"^(?:cls_token|pos_embed|patch_embed)",
+                    blocks=[(r"^blocks\.(\d+)\.", None), (r"^norm\.", (99999,))])
 
     @torch.jit.ignore
     def no_weight_decay(self):
@@ -295,34 +325,56 @@ class ILLaMA(nn.Module):
         if grid == self.grid:
             return self.pos_embed
         patches, cls = self.pos_embed[:, :-1], self.pos_embed[:, -1:]
-        patches = patches.reshape(1, *self.grid, -1).permute(0, 3, 1, 2)
+        patches = patches.reshape(1, self.grid[0], self.grid[1], -1).permute(0, 3, 1, 2)
         patches = F.interpolate(patches.float(), size=grid, mode="bicubic", align_corners=False)
         patches = patches.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(self.pos_embed.dtype)
         return torch.cat((patches, cls), dim=1)
 
-    def _tokens(self, x: torch.Tensor):
-        """Image -> (tokens with the class token last and positions added, grid, rope, mask)."""
+    @torch.jit.unused
+    def _check_input(self, x: torch.Tensor):
+        if fx_tracing(x):      # a Proxy's size cannot be checked
+            return
         if min(x.shape[-2:]) < self.patch_size:
             raise MambaOutError(f"input {tuple(x.shape[-2:])} is smaller than one {self.patch_size}px patch")
+
+    @torch.jit.unused
+    def _grid_of(self, x: torch.Tensor) -> Tuple[int, int]:
+        """The token grid of the patch embedding's output; the built one under FX tracing."""
+        return self.grid if fx_tracing(x) else (x.shape[2], x.shape[3])
+
+    def _tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int], Tuple[torch.Tensor, torch.Tensor],
+                                                  Optional[torch.Tensor]]:
+        """Image -> (tokens with the class token last and positions added, grid, rope, mask).
+        Under FX symbolic tracing the grid is taken to be the built one."""
+        if not torch.jit.is_scripting():
+            self._check_input(x)
         x = self.patch_embed(x)
-        grid = (x.shape[2], x.shape[3])
+        if torch.jit.is_scripting():
+            grid = (x.shape[2], x.shape[3])
+        else:
+            grid = self._grid_of(x)
         x = x.flatten(2).transpose(1, 2)
         x = torch.cat((x, self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)), dim=1)
         x = self.pos_drop(x + self._pos_embed(grid))
-        n = x.shape[1]
-        rope = rope_angles(n, self.blocks[0].attn.head_dim, x.device) if len(self.blocks) else None
-        return x, grid, rope, self.attention_mask(n, x.device)
+        n = grid[0] * grid[1] + 1
+        device = self.pos_embed.device          # (not x's: a Proxy under FX)
+        return x, grid, rope_angles(n, self.head_dim, device), self.attention_mask(n, device)
 
-    def _block(self, blk, x, rope, mask):
-        if self.grad_checkpointing and torch.is_grad_enabled():
+    def _block(self, blk: nn.Module, x: torch.Tensor, rope: Tuple[torch.Tensor, torch.Tensor],
+               mask: Optional[torch.Tensor]) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(blk, x, rope, mask, use_reentrant=False)
         return blk(x, rope, mask)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW image -> normalised tokens (B, patches + 1, D), the class token last."""
         x, _, rope, mask = self._tokens(x)
-        for blk in self.blocks:
-            x = self._block(blk, x, rope, mask)
+        if torch.jit.is_scripting():
+            for blk in self.blocks:
+                x = blk(x, rope, mask)
+        else:
+            for blk in self.blocks:
+                x = self._block(blk, x, rope, mask)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -361,3 +413,17 @@ class ILLaMA(nn.Module):
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop what forward_intermediates(indices) does not need, as timm's ViT: the blocks
+        after the last one taken; the final norm (-> Identity) with prune_norm; the head
+        (-> Identity, global_pool "") with prune_head. Returns the kept indices (non-negative)."""
+        take = stage_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max(take) + 1]
+        self.feature_info = self.feature_info[:max(take) + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take

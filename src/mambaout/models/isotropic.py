@@ -58,6 +58,15 @@ fully-visible ViTs of Table 11, and the isotropic MambaOut of Table 5.
     2.132M / 2.1M. N = 18 gives 21.64 + 0.30 + 2.13 = 24.07M params and 4.235 + 0.058 +
     0.002 = 4.295G MACs (24M, 4.3G); N = 17 gives 22.86M / 4.06G and N = 19 25.27M /
     4.53G. The "residual blocks" column of Table 5 also says 18.
+
+timm's contract (issue 22), both models: pretrained_cfg and its `default_cfg` alias,
+feature_info (one entry per block, at stride patch_size), forward_intermediates /
+prune_intermediate_layers (as timm's ViT), group_matcher, no_weight_decay,
+set_grad_checkpointing; FX feature extraction (under symbolic tracing IsotropicNet takes the
+input to have the built size; its SSM mixer's SelectiveSSM is a registered FX leaf, which
+torchvision's create_feature_extractor needs named: tracer_kwargs={"leaf_modules":
+timm.layers.get_notrace_modules()}), TorchScript (all three mixers: the scan compiles as its
+recurrence), torch.export, deep copies, pickle, inference_mode and the meta device.
 """
 from __future__ import annotations
 
@@ -72,9 +81,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import MambaOutError
 from .blocks import GatedCNNBlock, LayerNorm, MlpHead, MlpHeadClassifier, nchw_to_nhwc, nhwc_to_nchw, stage_indices
+from .fast import fx_tracing
 from .ssm import SelectiveSSM
-
-Grid = Tuple[int, int]
 
 
 def _init_weights(m: nn.Module):
@@ -96,8 +104,8 @@ class ConvMixer(nn.Module):
         self.conv = nn.Conv2d(2 * dim, 2 * dim, kernel_size, padding=kernel_size // 2, groups=2 * dim)
         self.fc2 = nn.Linear(2 * dim, dim)
 
-    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        x = self.fc1(x).transpose(1, 2).reshape(x.shape[0], -1, *grid)   # tokens in raster order
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        x = self.fc1(x).transpose(1, 2).reshape(x.shape[0], -1, grid[0], grid[1])   # tokens in raster order
         x = self.conv(x).flatten(2).transpose(1, 2)
         return self.fc2(x)
 
@@ -114,9 +122,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, grid: Optional[Grid] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
@@ -131,7 +139,7 @@ class SSMMixer(nn.Module):
                                 bidirectional=bidirectional)
         self.fc2 = nn.Linear(2 * dim, dim)
 
-    def forward(self, x: torch.Tensor, grid: Optional[Grid] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         return self.fc2(self.ssm(self.fc1(x)))
 
 
@@ -148,8 +156,13 @@ class IsotropicLayer(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        x = x + self.drop_path(getattr(self, self.mixer_name)(self.norm1(x), grid))
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        # by name, not getattr(self, self.mixer_name): TorchScript resolves hasattr when compiling
+        if hasattr(self, "attn"):
+            y = self.attn(self.norm1(x), grid)
+        else:
+            y = self.mixer(self.norm1(x), grid)
+        x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -169,11 +182,25 @@ class _ClassifierAPI:
 
     grad_checkpointing = False
 
+    # timm's models carry `default_cfg`, the older name of `pretrained_cfg`: the same dict.
+    __jit_unused_properties__ = ["default_cfg"]
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict):
+        self.pretrained_cfg = cfg
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable
 
+    @torch.jit.unused
     def _run_blocks(self, x, *args):
+        """The blocks, checkpointed when grad checkpointing is on and autograd records
+        (TorchScript runs them plainly instead: see the forward_features)."""
         if self.grad_checkpointing and torch.is_grad_enabled():
             for blk in self.blocks:
                 x = checkpoint(blk, x, *args, use_reentrant=False)
@@ -181,6 +208,12 @@ class _ClassifierAPI:
         for blk in self.blocks:
             x = blk(x, *args)
         return x
+
+    def _prune_blocks(self, indices) -> List[int]:
+        take = stage_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max(take) + 1]
+        self.feature_info = self.feature_info[:max(take) + 1]
+        return take
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -255,6 +288,7 @@ class IsotropicNet(_ClassifierAPI, nn.Module):
         self.norm = LayerNorm(dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info = [dict(num_chs=dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
         self.pretrained_cfg: dict = {}
 
         self.apply(_init_weights)
@@ -269,10 +303,37 @@ class IsotropicNet(_ClassifierAPI, nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer-wise lr decay groups (timm.optim), as timm's ViT: the embeddings first, one
+        group per layer, the final norm with the last layer, the head last (unmatched)."""
+        return dict(stem=r"^(?:cls_token|pos_embed|patch_embed)",
+                    blocks=[(r"^blocks\.(\d+)\.", None), (r"^norm\.", (99999,))])
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """timm's ViT's (pos_embed, cls_token) and, with the SSM mixer, its A_log and D (Mamba's
+        `_no_weight_decay` marks), as the hierarchical hybrids do."""
+        names = {"pos_embed"} | ({"cls_token"} if self.cls_token is not None else set())
+        return names | {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1] in ("A_log", "D", "A_log_b", "D_b")}
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop what forward_intermediates(indices) does not need, as timm's ViT: the layers
+        after the last one taken; the final norm (-> Identity) with prune_norm; the head
+        (-> Identity, global_pool "": all tokens) with prune_head. Returns the kept indices."""
+        take = self._prune_blocks(indices)
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        """New head for `num_classes` (0 = none); global_pool "avg" or "cls" (needs a class token)."""
+        """New head for `num_classes` (0 = none); global_pool "avg", "cls" (needs a class token)
+        or "" (no pooling: all tokens, as timm's ViT)."""
         if global_pool is not None:
-            if global_pool not in ("avg", "cls") or (global_pool == "cls" and self.cls_token is None):
+            if global_pool not in ("avg", "cls", "") or (global_pool == "cls" and self.cls_token is None):
                 raise ValueError(f"global_pool {global_pool!r} not available for this model")
             self.global_pool = global_pool
         self.num_classes = num_classes
@@ -281,19 +342,43 @@ class IsotropicNet(_ClassifierAPI, nn.Module):
             if num_classes > 0 else nn.Identity()
         _init_weights(self.head)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW image -> normalised tokens (B, L, D), class token included if any."""
-        x = self.patch_embed(x)
-        grid = tuple(x.shape[1:3])
+    @torch.jit.unused
+    def _grid_of(self, x: torch.Tensor) -> Tuple[int, int]:
+        """The token grid of the patch embedding's NHWC output, which must be the built one
+        (one-line error otherwise); under FX symbolic tracing assumed to be."""
+        if fx_tracing(x):
+            return self.grid
+        grid = (x.shape[1], x.shape[2])
         if grid != self.grid:
             raise MambaOutError(f"input gives a {grid[0]}x{grid[1]} token grid; this model's "
                                 f"position embedding is for {self.grid[0]}x{self.grid[1]} (build it "
                                 f"with img_size={grid[0] * self.patch_size})")
+        return grid
+
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """NCHW image -> (tokens with the class token, if any, and positions added, grid)."""
+        x = self.patch_embed(x)
+        if torch.jit.is_scripting():
+            grid = (x.shape[1], x.shape[2])     # the position embedding's add checks the size
+        else:
+            grid = self._grid_of(x)
         x = x.flatten(1, 2)
         if self.cls_token is not None:
             cls = self.cls_token.expand(x.shape[0], -1, -1)
-            x = torch.cat((x, cls) if self.causal else (cls, x), dim=1)
-        x = self._run_blocks(x + self.pos_embed, grid)
+            if self.causal:
+                x = torch.cat([x, cls], dim=1)
+            else:
+                x = torch.cat([cls, x], dim=1)
+        return x + self.pos_embed, grid
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """NCHW image -> normalised tokens (B, L, D), class token included if any."""
+        x, grid = self._embed(x)
+        if torch.jit.is_scripting():
+            for blk in self.blocks:
+                x = blk(x, grid)
+        else:
+            x = self._run_blocks(x, grid)
         return self.norm(x)
 
     def forward_intermediates(
@@ -311,17 +396,7 @@ class IsotropicNet(_ClassifierAPI, nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take = stage_indices(len(self.blocks), indices)
         last = max(take) if stop_early else len(self.blocks) - 1
-        x = self.patch_embed(x)
-        grid = tuple(x.shape[1:3])
-        if grid != self.grid:   # the same check (and line) as forward_features
-            raise MambaOutError(f"input gives a {grid[0]}x{grid[1]} token grid; this model's "
-                                f"position embedding is for {self.grid[0]}x{self.grid[1]} (build it "
-                                f"with img_size={grid[0] * self.patch_size})")
-        x = x.flatten(1, 2)
-        if self.cls_token is not None:
-            cls = self.cls_token.expand(x.shape[0], -1, -1)
-            x = torch.cat((x, cls) if self.causal else (cls, x), dim=1)
-        x = x + self.pos_embed
+        x, grid = self._embed(x)
         ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         intermediates = []
         for i, blk in enumerate(self.blocks[:last + 1]):
@@ -340,10 +415,11 @@ class IsotropicNet(_ClassifierAPI, nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "cls":
             x = x[:, self._cls_index()]
-        elif self.cls_token is not None:                  # mean over the patch tokens only
-            x = (x[:, :-1] if self.causal else x[:, 1:]).mean(1)
-        else:
-            x = x.mean(1)
+        elif self.global_pool == "avg":
+            if self.cls_token is not None:                # mean over the patch tokens only
+                x = (x[:, :-1] if self.causal else x[:, 1:]).mean(1)
+            else:
+                x = x.mean(1)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
@@ -387,12 +463,40 @@ class IsotropicMambaOut(MlpHeadClassifier, _ClassifierAPI, nn.Module):
                           conv_ratio=conv_ratio, drop_path=r) for r in rates])
         self.head = MlpHead(dim, num_classes, drop_rate=drop_rate, global_pool=global_pool)
         self.head_hidden_size = self.head.num_features
+        self.feature_info = [dict(num_chs=dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
         self.pretrained_cfg: dict = {}
         self.apply(_init_weights)
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer-wise lr decay groups (timm.optim): the stem first, one group per block, the
+        head (MlpHead, with its norm) last (unmatched)."""
+        return dict(stem=r"^stem", blocks=r"^blocks\.(\d+)\.")
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return set()      # nothing beyond timm's default (1-d parameters), as MambaOut
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop what forward_intermediates(indices) does not need, as timm's MambaOut: the
+        blocks after the last one taken and, with prune_head, the head's norm and MLP and its
+        classifier (the model then returns the NHWC map). prune_norm: there is no norm outside
+        the head, so it changes nothing. Returns the kept indices (non-negative)."""
+        take = self._prune_blocks(indices)
+        if prune_head:
+            self.head.norm = nn.Identity()
+            self.head.pre_logits = nn.Identity()
+            self.head.in_features = self.head.num_features = self.head_hidden_size = self.num_features
+            self.reset_classifier(0, "")
+        return take
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW image -> NHWC feature map at stride `patch_size`."""
-        return self._run_blocks(self.stem(x))
+        x = self.stem(x)
+        if torch.jit.is_scripting():
+            return self.blocks(x)
+        return self._run_blocks(x)
 
     def forward_intermediates(
             self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,

@@ -128,7 +128,7 @@ def scan_order(direction: str, h: int, w: int) -> torch.Tensor:
     (0 .. h*w - 1) in scan order, h*w standing for a zero padding token (windowed scans on
     sides that are not multiples of K)."""
     kind, k, flip = parse_direction(direction)
-    grid = torch.arange(h * w).view(h, w)
+    grid = torch.arange(h * w, device="cpu").view(h, w)
     if kind == "h":
         seq = grid.reshape(-1)
     elif kind == "v":
@@ -147,24 +147,33 @@ def reverse_order(direction: str, h: int, w: int, official_v_reverse: bool = Fal
     kind, _, flip = parse_direction(direction)
     L = h * w
     if official_v_reverse and kind == "v":
-        wrong = torch.arange(L).view(h, w).t().reshape(-1)   # the release reads W x H outputs as H x W
+        wrong = torch.arange(L, device="cpu").view(h, w).t().reshape(-1)   # the release reads W x H outputs as H x W
         return L - 1 - wrong if flip else wrong
     seq = scan_order(direction, h, w)
-    inv = torch.empty(L + 1, dtype=torch.long)
-    inv[seq] = torch.arange(len(seq))        # the padding slot L gets some step; it is dropped
+    inv = torch.empty(L + 1, dtype=torch.long, device="cpu")
+    inv[seq] = torch.arange(len(seq), device="cpu")        # the padding slot L gets some step; it is dropped
     return inv[:L]
 
 
 @lru_cache(maxsize=256)
 def _block_orders(directions: Tuple[str, ...], h: int, w: int, official_v_reverse: bool):
     """(K, Lmax) gather indices into the map plus a zero token at L (every direction padded at
-    the end to the longest), and (K, L) indices of each position in its direction's output."""
-    L = h * w
-    seqs = [scan_order(d, h, w) for d in directions]
-    longest = max(len(s) for s in seqs)
-    order = torch.stack([F.pad(s, (0, longest - len(s)), value=L) for s in seqs])
-    inverse = torch.stack([reverse_order(d, h, w, official_v_reverse) for d in directions])
+    the end to the longest), and (K, L) indices of each position in its direction's output.
+    Cached for every model: always ordinary CPU tensors, even when first asked for under
+    torch.inference_mode (an inference tensor would poison later autograd use) or inside a
+    torch.device("meta") context (explicit device="cpu" above)."""
+    with torch.inference_mode(False):
+        L = h * w
+        seqs = [scan_order(d, h, w) for d in directions]
+        longest = max(len(s) for s in seqs)
+        order = torch.stack([F.pad(s, (0, longest - len(s)), value=L) for s in seqs])
+        inverse = torch.stack([reverse_order(d, h, w, official_v_reverse) for d in directions])
     return order, inverse
+
+
+def _compiling() -> bool:
+    """Under torch.compile or torch.export (fake tensors)."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 class ChannelGate(nn.Module):
@@ -198,7 +207,9 @@ class MultiScan(nn.Module):
         self.attn = ChannelGate(dim)
 
     def orders(self, h: int, w: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
-        order, inverse = _block_orders(self.directions, h, w, self.official_v_reverse)
+        # Under torch.compile / torch.export the tensors made here are fake: never cache those.
+        build = _block_orders.__wrapped__ if _compiling() else _block_orders
+        order, inverse = build(self.directions, h, w, self.official_v_reverse)
         return order.to(device), inverse.to(device)
 
     def scan(self, u: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,16 @@ training only while the states autograd keeps stay under RECURRENCE_GRAD_ELEMENT
 the chunked scan otherwise and off CPU, where we expect (not measured here) the
 recurrence's L sequential steps of small kernels to cost most.
 
+Tracing and scripting (ours; issue 22). The scan is a Python loop over tokens whose algorithm
+is picked from the input's size and device, which FX symbolic tracing cannot follow: the
+modules that own a scan (SelectiveSSM here, VMamba's SS2D, Vim's BiMamba, the hybrid's GridSSM)
+are registered with timm as leaf modules (timm.layers.register_notrace_module), so timm's FX
+feature extractors (FeatureGraphNet, timm.layers.create_feature_extractor) call them whole;
+torchvision's create_feature_extractor needs them named:
+tracer_kwargs={"leaf_modules": timm.layers.get_notrace_modules()}. Under TorchScript run_scan
+compiles one branch only, the recurrence (selective_scan_steps), so SelectiveSSM scripts;
+torch.export unrolls the token loop into a graph fixed to the input's shape.
+
 MACs: the counter (analysis/complexity.py) would otherwise count whatever matmuls the chunked
 scan happens to use. The paper's Table 8 SSM numbers fit VMamba's convention for the
 selective scan, 9 * L * C * N plus L * C for the D skip per direction, so
@@ -52,11 +62,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch.utils.checkpoint import checkpoint
 
 from . import costs
@@ -106,7 +117,8 @@ def selective_scan_ref(u, delta, A, B, C, D=None):
     return y if D is None else y + u * D
 
 
-def selective_scan_steps(u, delta, A, B, C, D=None):
+def selective_scan_steps(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                         C: torch.Tensor, D: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The recurrence, as `selective_scan_ref` computes it, with the per-token work batched: for
     a block of tokens the decays exp(delta A) and the inputs delta B u are computed at once, the
     loop does one fused multiply-add per token (h = decay * h + input), and the block's outputs
@@ -115,14 +127,18 @@ def selective_scan_steps(u, delta, A, B, C, D=None):
     batch, length, channels = u.shape
     n = A.shape[-1]
     A_t = A if A.dim() == 2 else A[:, None]                      # broadcast over the block's tokens
-    block = max(1, GROUP_ELEMENTS // (batch * channels * n))
+    if torch.jit.is_scripting():
+        limit = 4194304                       # GROUP_ELEMENTS: TorchScript reads no module globals
+    else:
+        limit = GROUP_ELEMENTS                # read per call (tests change it)
+    block = max(1, limit // (batch * channels * n))
     h = u.new_zeros(batch, channels, n)
-    ys = []
+    ys: List[torch.Tensor] = []
     for s in range(0, length, block):
         d, x = delta[:, s:s + block], u[:, s:s + block]
         decay = torch.exp(d.unsqueeze(-1) * A_t)                 # (batch, t, channels, N)
         inputs = (d * x).unsqueeze(-1) * B[:, s:s + block].unsqueeze(2)
-        states = []
+        states: List[torch.Tensor] = []
         for a_t, x_t in zip(decay.unbind(1), inputs.unbind(1)):
             h = torch.addcmul(x_t, a_t, h)
             states.append(h)
@@ -215,7 +231,8 @@ def _scan_chunks(u, delta, A, B, C, h):
     return y, h
 
 
-def run_scan(u, delta, A, B, C, D=None, chunk: Optional[int] = None):
+def run_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             D: Optional[torch.Tensor] = None, chunk: Optional[int] = None) -> torch.Tensor:
     """The selective scan as every SSM of the library runs it (SelectiveSSM, VMamba's SS2D):
     `selective_scan_ref`'s arguments (float32), its MACs declared in VMamba's convention.
 
@@ -225,7 +242,16 @@ def run_scan(u, delta, A, B, C, D=None, chunk: Optional[int] = None):
     stage 1 at batch 8 would keep ~1.2 GB per block), then the chunked scan, which recomputes
     its decays in backward; chunks of DEFAULT_CHUNK off CPU. Results do not depend on it.
     On CUDA with chunk None, Mamba's fused kernel runs instead when the `cuda` extra
-    (mamba-ssm) is installed (cuda_kernel, kernel_scan; scan_backend names which ran)."""
+    (mamba-ssm) is installed (cuda_kernel, kernel_scan; scan_backend names which ran).
+    Under TorchScript only the recurrence is compiled (same results; chunk is ignored there)."""
+    if torch.jit.is_scripting():
+        return selective_scan_steps(u, delta, A, B, C, D)
+    return _run_scan(u, delta, A, B, C, D, chunk)
+
+
+@torch.jit.unused
+def _run_scan(u, delta, A, B, C, D, chunk):
+    """run_scan outside TorchScript: MACs declared, the algorithm picked per call."""
     batch, length, channels = u.shape
     n = A.shape[-1]
     with costs.declare_macs(scan_macs(batch, length, channels, n)):
@@ -329,6 +355,7 @@ def init_mamba_ssm(dt_weight, dt_bias, A_log, D, dt_rank: int, dt_range=(1e-3, 1
     D.fill_(1.0)
 
 
+@register_notrace_module
 class SelectiveSSM(nn.Module):
     """Mamba's selective SSM as a token mixer on (batch, L, channels) sequences.
 
@@ -349,7 +376,8 @@ class SelectiveSSM(nn.Module):
 
     Our choices: the scan runs in float32 whatever the input dtype (as Mamba's kernel
     does) and the output is cast back; the model-level init skips dt_proj (flagged with
-    `_keep_init`) so that Mamba's dt init survives.
+    `_keep_init`) so that Mamba's dt init survives. An FX leaf (timm's notrace registry) and
+    scriptable (module docstring).
     """
 
     export_unsupported = EXPORT_UNSUPPORTED
@@ -385,18 +413,21 @@ class SelectiveSSM(nn.Module):
                            self.dt_rank, self._dt_range)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._scan(x, "")
-        if self.bidirectional:
-            y = y + self._scan(x.flip(1), "_b").flip(1)
+        # Each direction's parameters by name (TorchScript takes no computed attribute names;
+        # hasattr on a module attribute is resolved when it compiles).
+        y = self._scan(x, self.x_proj(x), self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D)
+        if hasattr(self, "x_proj_b"):
+            xb = x.flip(1)
+            y = y + self._scan(xb, self.x_proj_b(xb), self.dt_proj_b.weight, self.dt_proj_b.bias, self.A_log_b,
+                               self.D_b).flip(1)
         return y
 
-    def _scan(self, x: torch.Tensor, sfx: str) -> torch.Tensor:
-        dt, B, C = getattr(self, "x_proj" + sfx)(x).split(
-            [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(getattr(self, "dt_proj" + sfx)(dt))
-        A = -torch.exp(getattr(self, "A_log" + sfx).float())
-        y = run_scan(x.float(), delta.float(), A, B.float(), C.float(), getattr(self, "D" + sfx).float(),
-                     chunk=self.chunk)
+    def _scan(self, x: torch.Tensor, proj: torch.Tensor, dt_weight: torch.Tensor, dt_bias: torch.Tensor,
+              A_log: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+        dt, B, C = proj.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(F.linear(dt, dt_weight, dt_bias))
+        A = -torch.exp(A_log.float())
+        y = run_scan(x.float(), delta.float(), A, B.float(), C.float(), D.float(), chunk=self.chunk)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -42,6 +42,16 @@ fixed by ``img_size``: another input grid is refused in one line, and `resample_
 middle class token taken out and put back in the middle (Vim's own finetuning code assumes
 the class token leads, which is wrong for these checkpoints).
 
+timm's contract (issue 22): pretrained_cfg and its `default_cfg` alias, forward_intermediates /
+prune_intermediate_layers, group_matcher, no_weight_decay, set_grad_checkpointing. BiMamba owns
+the selective scan and is a registered FX leaf (ssm.py's docstring): timm's FeatureGraphNet
+traces the model as it is, torchvision's create_feature_extractor with tracer_kwargs=
+{"leaf_modules": timm.layers.get_notrace_modules()} (a block's graph output is its last op, the
+mixer's output; the residual stream is what forward_intermediates gives). Deep copies, pickle,
+inference_mode, the meta device and torch.export (token loop unrolled) work; TorchScript does
+not (the mixer picks its parameters by name and the blocks pass Optional tuples; not rewritten:
+torch.export covers deployment).
+
 FLOPs: the paper's 5.1G is LocalMamba's hand count (hunto/LocalMamba at 75e5d1f,
 classification/lib/models/local_vim.py, VisionMamba.flops()), written out in `paper_flops`:
 5.14G. Our counter measures VMamba's convention (both directions' conv1d / x_proj / dt_proj, the
@@ -55,14 +65,15 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, lecun_normal_, to_2tuple, trunc_normal_
+from timm.layers import DropPath, lecun_normal_, register_notrace_module, to_2tuple, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import MambaOutError
 from . import ssm
 from .blocks import stage_indices
+from .fast import fx_tracing
 
-GLOBAL_POOLS = ("token", "avg")
+GLOBAL_POOLS = ("token", "avg", "")
 
 
 class PatchEmbed(nn.Module):
@@ -93,6 +104,7 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
+@register_notrace_module          # owns a selective scan: an FX leaf
 class BiMamba(nn.Module):
     """Vim's bidirectional Mamba mixer ("v2", outputs divided by 2) on (B, L, D) sequences;
     parameter names as mamba_simple.Mamba's (module docstring)."""
@@ -228,7 +240,8 @@ class Vim(nn.Module):
     patch_size: 24, 384, 16 for Vim-S. d_state, d_conv, expand: the Mamba mixer's (16, 4, 2).
     drop_rate: dropout after the position embedding (Vim's pos_drop); drop_path_rate: peak
     stochastic depth (Vim's schedule, module docstring). global_pool: "token" (the middle class
-    token, Vim's) or "avg" (mean of the patch tokens). chunk: ssm.run_scan's (None picks).
+    token, Vim's), "avg" (mean of the patch tokens) or "" (none: all tokens, as timm's ViT).
+    chunk: ssm.run_scan's (None picks).
     """
 
     def __init__(self, img_size=224, depth: int = 24, dim: int = 384, patch_size: int = 16,
@@ -298,9 +311,27 @@ class Vim(nn.Module):
                            num_classes=self.num_classes, in_chans=self.in_chans)
 
     # ---- timm's interface ------------------------------------------------------------------
+    # timm's models carry `default_cfg`, the older name of `pretrained_cfg`: the same dict.
+    __jit_unused_properties__ = ["default_cfg"]
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict):
+        self.pretrained_cfg = cfg
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer-wise lr decay groups (timm.optim), as timm's ViT: the embeddings first, one
+        group per block, the final norm with the last block, the head last (unmatched)."""
+        return dict(stem=r"^(?:cls_token|pos_embed|patch_embed)",
+                    blocks=[(r"^layers\.(\d+)\.", None), (r"^norm_f\.", (99999,))])
 
     @torch.jit.ignore
     def no_weight_decay(self):
@@ -334,7 +365,7 @@ class Vim(nn.Module):
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> patch tokens with the class token at index L // 2, position embedding added."""
         x, grid = self.patch_embed(x)
-        if grid != self.grid:
+        if not fx_tracing(x) and grid != self.grid:     # (a Proxy's grid cannot be checked)
             raise MambaOutError(f"input gives a {grid[0]}x{grid[1]} token grid; this model's position "
                                 f"embedding is for {self.grid[0]}x{self.grid[1]} (build it with "
                                 f"img_size={grid[0] * self.patch_size} or resize the input)")
@@ -362,7 +393,7 @@ class Vim(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "token":
             x = x[:, self.cls_index]
-        else:                                                    # mean over the patch tokens
+        elif self.global_pool == "avg":                          # mean over the patch tokens
             x = torch.cat([x[:, :self.cls_index], x[:, self.cls_index + 1:]], dim=1).mean(1)
         return x if pre_logits else self.head(x)
 
@@ -402,3 +433,20 @@ class Vim(nn.Module):
         if hidden is not None:
             residual = residual + self._drop_after(last)(hidden)
         return (self.norm_f(residual) if last == len(self.layers) - 1 else residual), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop what forward_intermediates(indices) does not need, as timm's ViT: the blocks
+        after the last one taken; norm_f (-> Identity) with prune_norm; the head (-> Identity,
+        global_pool "") with prune_head. The final add keeps the drop path that followed the
+        last kept block. Returns the kept indices (non-negative)."""
+        take = stage_indices(len(self.layers), indices)
+        last = max(take)
+        self.drop_path = self._drop_after(last)
+        self.layers = self.layers[:last + 1]
+        self.feature_info = self.feature_info[:last + 1]
+        if prune_norm:
+            self.norm_f = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take

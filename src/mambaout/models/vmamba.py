@@ -24,16 +24,26 @@ classification/models/vmamba/vmamba.py, and configs/vssm/vmambav0_*_224.yaml):
 The scan is the library's one selective scan (ssm.run_scan): the four directions are folded
 into the batch with their own A and D; its MACs are declared in VMamba's convention,
 9 B L D N + B D L with D = K E.
+
+timm's contract (issue 22; StageClassifier, shared with LocalVMamba and EfficientVMamba):
+pretrained_cfg and its `default_cfg` alias, forward_intermediates / prune_intermediate_layers,
+group_matcher (timm.optim's layer decay), no_weight_decay, set_grad_checkpointing. SS2D (and
+its subclasses) owns a selective scan, so it is a registered FX leaf (ssm.py's docstring):
+timm's FeatureGraphNet traces these models as they are; torchvision's create_feature_extractor
+with tracer_kwargs={"leaf_modules": timm.layers.get_notrace_modules()}. They deep-copy, pickle,
+build and run under torch.inference_mode and on the meta device, and torch.export (the token
+loop unrolled for the input's shape). Not TorchScript: see `StageClassifier`.
 """
 from __future__ import annotations
 
 import math
+import re
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, register_notrace_module, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import nhwc_to_nchw, stage_indices
@@ -85,6 +95,7 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
+@register_notrace_module          # owns a selective scan: an FX leaf (subclasses too: isinstance)
 class SS2D(nn.Module):
     """VMamba's 2D selective scan over four directions (module docstring), on NHWC maps."""
 
@@ -222,19 +233,59 @@ class StageClassifier:
     EfficientVMamba): a `patch_embed` (NCHW image -> NHWC map), `layers` (each with
     `forward_blocks` and `downsample`, None on the last), a final LayerNorm and a Linear head at
     the module paths `final_norm_path` / `head_path` (the official key names differ by family),
-    `head_drop`, `global_pool` ("avg" or ""), `num_features`."""
+    `head_drop`, `global_pool` ("avg" or ""), `num_features`, `feature_info`, `pretrained_cfg`.
+
+    TorchScript: not supported (ours). The scan itself scripts (ssm.run_scan compiles the
+    recurrence), but these models reach their official modules through computed paths
+    (final_norm_path / head_path), scan in orders built by Python (lambdas, LocalVMamba's cached
+    index tables) and checkpoint blocks; rewriting all of that for TorchScript, which PyTorch
+    has deprecated, buys nothing torch.export does not already give."""
 
     final_norm_path = "norm"
     head_path = "head"
     _init_weights = staticmethod(init_linear_ln)
 
+    # timm's models carry `default_cfg`, the older name of `pretrained_cfg`: the same dict.
+    __jit_unused_properties__ = ["default_cfg"]
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict):
+        self.pretrained_cfg = cfg
+
     def final_norm(self) -> nn.Module:
         return self.get_submodule(self.final_norm_path)
+
+    def _replace(self, path: str, module: nn.Module):
+        """Put `module` at the dotted `path` (the official layouts nest the norm and head)."""
+        parent, _, name = path.rpartition(".")
+        setattr(self.get_submodule(parent) if parent else self, name, module)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
         for layer in self.layers:
             layer.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise lr decay (timm.optim's param_groups_layer_decay),
+        timm's regexes on the official names: the patch embedding first, then per stage (coarse)
+        or per block. A stage's downsample comes AFTER its blocks here (it feeds the next stage)
+        and joins the stage's last block (timm's (99999,) suffix: "the previous group"), as does
+        the final norm; the head matches nothing and comes last. EfficientVMamba's conv stages
+        keep their blocks at layers.i.1 .. layers.i.depth and the merging at layers.i.depth+2
+        (its norm / reduction)."""
+        if coarse:
+            return dict(stem=r"^patch_embed", blocks=r"^layers\.(\d+)")
+        return dict(stem=r"^patch_embed", blocks=[
+            (r"^layers\.(\d+)\.downsample\.", (99999,)),
+            (r"^layers\.(\d+)\.blocks\.(\d+)\.", None),
+            (r"^layers\.(\d+)\.\d+\.(?:norm|reduction)\.", (99999,)),    # conv stage's merging
+            (r"^layers\.(\d+)\.(\d+)\.", None),                            # conv stage's blocks
+            (r"^" + re.escape(self.final_norm_path) + r"\.", (99999,))])
 
     @torch.jit.ignore
     def no_weight_decay(self):
@@ -253,8 +304,13 @@ class StageClassifier:
         head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             self._init_weights(head)
-        parent, _, name = self.head_path.rpartition(".")
-        setattr(self.get_submodule(parent) if parent else self, name, head)
+            ref = self._first_param()
+            head.to(ref.device, ref.dtype)
+        self._replace(self.head_path, head)
+
+    def _first_param(self) -> torch.Tensor:
+        """The first parameter: the device and dtype of the model (a new head follows it)."""
+        return next(self.patch_embed.parameters())
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW image -> NHWC map at stride 32, normalised per token."""
@@ -302,6 +358,27 @@ class StageClassifier:
         if intermediates_only:
             return intermediates
         return (final_norm(x) if last == len(self.layers) - 1 else x), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop what forward_intermediates(indices) does not need (timm's semantics, as its
+        MambaOut and Swin): the stages after the last one taken (and that stage's downsample,
+        which fed the next); the final norm with prune_norm; the head (-> Identity, no pooling)
+        with prune_head. When stages were dropped the final norm and the head, sized for the
+        last stage, go too. Returns the kept indices (non-negative)."""
+        take = stage_indices(len(self.layers), indices)
+        last = max(take)
+        prune_end = last < len(self.layers) - 1
+        self.layers = self.layers[:last + 1]
+        self.feature_info = self.feature_info[:last + 1]
+        if prune_end:
+            self.layers[last].downsample = None
+            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+        if prune_norm or prune_end:
+            self._replace(self.final_norm_path, nn.Identity())
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take
 
 
 class VMamba(StageClassifier, nn.Module):
