@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_demo_parser(sub)
     tools.add_benchmark_parser(sub)
     classify.add_export_parser(sub)
+    classify.add_push_to_hub_parser(sub)
     classify.add_convert_parser(sub)
     segment.add_segment_parser(sub)
     detect.add_detect_parser(sub)

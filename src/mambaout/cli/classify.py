@@ -18,6 +18,8 @@ TRAIN_FLAGS = RecipeFlags(Recipe, (
     "scale", "ratio", "crop_pct", "model_ema", "model_ema_decay", "soft_mask_ratio", "soft_mask_epochs", "seed",
 ), defaults=(("Table 2", Recipe), ("vmamba", vmamba_recipe), ("digits", digits_recipe)))
 RECIPE_FLAGS = TRAIN_FLAGS.flags   # flag (dest) -> Recipe field
+MODEL_HELP = ("model name, or a saved model folder / hub repo: 'local-dir:DIR', 'hf-hub:org/name' "
+              "(its weights; --pretrained implied)")
 
 
 def recipe_changes(args) -> dict:
@@ -40,9 +42,19 @@ def recipe_from_args(args, changes: Optional[dict] = None):
         raise MambaOutError("--recipe digits is the embedded digits' recipe: leave out --data, or pick table2 / vmamba")
     recipe = replace(RECIPES[base or "table2"]() if args.data else digits_recipe(), **changes)
     if args.data and args.img_size is None:  # the model's own size (32 for the CIFAR study models)
-        from ..models import get_variant
-        recipe.img_size = get_variant(recipe.model).input_size
+        from ..models import get_variant, pretrained_cfg
+        from ..models.hub import is_hub_name
+        # a model folder / hub repo: the size its weights were trained and evaluated at
+        recipe.img_size = (int(pretrained_cfg(recipe.model)["input_size"][-1]) if is_hub_name(recipe.model)
+                           else get_variant(recipe.model).input_size)
     return recipe
+
+
+def _pretrained(args) -> bool:
+    """--pretrained, implied by a model folder / hub name ('local-dir:DIR', 'hf-hub:org/name'):
+    its weights are what such a name names."""
+    from ..models.hub import is_hub_name
+    return bool(args.pretrained or is_hub_name(getattr(args, "model", None)))
 
 
 def cmd_train(args) -> int:
@@ -59,7 +71,7 @@ def cmd_train(args) -> int:
 def cmd_validate(args) -> int:
     from ..tasks.classification.evaluate import validate
     amp = _amp(args)
-    r = validate(args.checkpoint, args.model, args.pretrained, args.data, args.split, args.batch_size,
+    r = validate(args.checkpoint, args.model, _pretrained(args), args.data, args.split, args.batch_size,
                  args.workers, args.img_size, args.crop_pct, args.device, amp, args.channels_last,
                  onnx=args.onnx, bf16=args.bf16)
     if args.json:
@@ -73,7 +85,7 @@ def cmd_validate(args) -> int:
 
 def cmd_predict(args) -> int:
     from ..tasks.classification.predict import predict
-    r = predict(args.images, args.checkpoint, args.model, args.pretrained, args.top_k, args.batch_size,
+    r = predict(args.images, args.checkpoint, args.model, _pretrained(args), args.top_k, args.batch_size,
                 args.img_size, args.device, onnx=args.onnx)
 
     def show(p):
@@ -88,7 +100,7 @@ def cmd_cam(args) -> int:
     from ..tasks.classification.predict import Classifier
     if not args.images:
         raise MambaOutError("no images given")
-    clf = Classifier.load(args.checkpoint, args.model, args.pretrained, args.img_size, args.device)
+    clf = Classifier.load(args.checkpoint, args.model, _pretrained(args), args.img_size, args.device)
     r = explain_images(args.images, clf, args.output, target=args.target, method=args.method, layer=args.layer,
                        save_npy=args.save_npy)
     return _report_images(r, "results", lambda e: print(f"{e['image']}: {e['label']} ({100 * e['prob']:.1f}%) -> "
@@ -100,13 +112,16 @@ def cmd_demo(args) -> int:
     from ..tasks.classification.predict import Classifier
     if args.max_mb <= 0:
         raise MambaOutError(f"--max-mb must be positive, got {args.max_mb}")
-    clf = Classifier.load(args.checkpoint, args.model, args.pretrained, args.img_size, args.device, random_ok=True)
+    clf = Classifier.load(args.checkpoint, args.model, _pretrained(args), args.img_size, args.device, random_ok=True)
     return serve(clf, host=args.host, port=args.port, max_mb=args.max_mb, method=args.method, layer=args.layer)
 
 
 def cmd_export(args) -> int:
+    if args.format == "hub":
+        return _export_hub(args)
     from ..deploy.export import export
-    r = export(args.model, args.format, args.output, args.checkpoint, args.pretrained, args.img_size,
+    model = args.model or _checkpoint_model(args.checkpoint)
+    r = export(model, args.format, args.output, args.checkpoint, _pretrained(args), args.img_size,
                args.opset, check=not args.no_check, quantize=args.quantize, calibration=args.calibration,
                calibration_images=args.calibration_images, calibration_method=args.calibration_method)
     if args.json:
@@ -119,6 +134,47 @@ def cmd_export(args) -> int:
         parity = f", max abs diff vs PyTorch {r['max_abs_diff']:.2e}" if "max_abs_diff" in r else ""
         print(f"wrote {r['output']} ({r['format']}, {r['model']}, {r['num_classes']} classes, "
               f"dynamic batch{' and image size' if r['dynamic_size'] else ''}{parity})")
+    return 0
+
+
+def _checkpoint_model(checkpoint) -> str:
+    """MODEL left out: the model a training checkpoint records."""
+    if not checkpoint:
+        raise MambaOutError("give MODEL, or --checkpoint FILE of a training run")
+    from ..engine.checkpoint import read_training_checkpoint
+    return read_training_checkpoint(checkpoint, resume=False)["model_name"]
+
+
+def _export_hub(args) -> int:
+    """--format hub: a folder timm and the Hugging Face hub read (deploy/hub.py)."""
+    from ..deploy.hub import export_hub
+    given = [flag for flag, on in (("--quantize", args.quantize), ("--img-size", args.img_size),
+                                   ("--no-check", args.no_check), ("--calibration", args.calibration)) if on]
+    if given:
+        raise MambaOutError(f"{', '.join(given)} do not apply to --format hub (the folder records the "
+                            f"checkpoint's evaluation size and transform)")
+    r = export_hub(args.model, args.output, args.checkpoint, args.pretrained, overwrite=args.overwrite,
+                   ema=args.ema, dataset=args.dataset)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        where = ("plain timm loads it: timm.create_model('local-dir:{0}', pretrained=True)" if r["timm_native"] else
+                 "timm loads it after `import mambaout; mambaout.register_timm()`").format(r["output"])
+        print(f"wrote {r['output']} (config.json, model.safetensors, README.md; {r['architecture']}, "
+              f"{r['num_classes']} classes, input {'x'.join(map(str, r['input_size']))}"
+              f"{', class names' if r['class_names'] else ''}); {where}")
+    return 0
+
+
+def cmd_push_to_hub(args) -> int:
+    from ..deploy.hub import push_to_hub
+    kwargs = {k: v for k, v in (("ema", args.ema), ("dataset", args.dataset)) if v}
+    r = push_to_hub(args.source, args.repo_id, private=args.private, token=args.token,
+                    commit_message=args.message, **kwargs)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"uploaded {', '.join(r['files'])} to {r['url']}; load it with --model hf-hub:{r['repo_id']}")
     return 0
 
 
@@ -148,7 +204,7 @@ def add_train_parser(sub):
 def add_validate_parser(sub):
     s = sub.add_parser("validate", help="top-1/top-5/loss of a checkpoint on an ImageFolder split or the digits set")
     s.add_argument("--checkpoint", help="training checkpoint, or weights file with --model")
-    s.add_argument("--model")
+    s.add_argument("--model", help=MODEL_HELP)
     s.add_argument("--pretrained", action="store_true")
     s.add_argument("--data", help="ImageFolder root (uses <data>/<split>/ if present); default: digits")
     s.add_argument("--split", default="val")
@@ -166,7 +222,7 @@ def add_predict_parser(sub):
     s = sub.add_parser("predict", help="top-k classes for image files")
     s.add_argument("images", nargs="+", metavar="IMAGE")
     s.add_argument("--checkpoint")
-    s.add_argument("--model")
+    s.add_argument("--model", help=MODEL_HELP)
     s.add_argument("--pretrained", action="store_true")
     s.add_argument("--top-k", type=int, default=5)
     s.add_argument("-b", "--batch-size", type=int, default=32)
@@ -182,7 +238,7 @@ def add_cam_parser(sub):
     s = sub.add_parser("cam", help="Grad-CAM overlays (PNG, titled with class and probability) for image files")
     s.add_argument("images", nargs="+", metavar="IMAGE")
     s.add_argument("--checkpoint")
-    s.add_argument("--model")
+    s.add_argument("--model", help=MODEL_HELP)
     s.add_argument("--pretrained", action="store_true")
     s.add_argument("--class", dest="target", metavar="K", help="class index or name (default: each image's top class)")
     s.add_argument("--method", default="gradcam", choices=list(METHODS))
@@ -199,7 +255,7 @@ def add_demo_parser(sub):
     from ..analysis.cam import METHODS
     s = sub.add_parser("demo", help="browser demo (Gradio): upload an image, see the top-5 classes and Grad-CAM")
     s.add_argument("--checkpoint")
-    s.add_argument("--model")
+    s.add_argument("--model", help=MODEL_HELP)
     s.add_argument("--pretrained", action="store_true")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=7860)
@@ -212,9 +268,12 @@ def add_demo_parser(sub):
 
 
 def add_export_parser(sub):
-    s = sub.add_parser("export", help="export to ONNX or TorchScript, checked against PyTorch")
-    s.add_argument("model")
-    s.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    s = sub.add_parser("export", help="export to ONNX or TorchScript, checked against PyTorch, or to a folder "
+                                      "timm and the Hugging Face hub read (--format hub)")
+    s.add_argument("model", nargs="?", help="model name, 'local-dir:DIR' or 'hf-hub:org/name' (default: the "
+                                            "--checkpoint's)")
+    s.add_argument("--format", required=True, choices=["onnx", "torchscript", "hub"],
+                   help="hub: config.json + model.safetensors + README.md model card in folder -o")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--checkpoint")
     s.add_argument("--pretrained", action="store_true")
@@ -225,8 +284,26 @@ def add_export_parser(sub):
     s.add_argument("--calibration", metavar="DIR", help="images to calibrate int8 on (default: the digits set)")
     s.add_argument("--calibration-images", type=int, default=64)
     s.add_argument("--calibration-method", default="minmax", choices=["minmax", "percentile", "entropy"])
+    g = s.add_argument_group("--format hub")
+    g.add_argument("--overwrite", action="store_true", help="replace the files of an existing, non-empty folder")
+    g.add_argument("--ema", action="store_true", help="the checkpoint's EMA weights instead of the trained ones")
+    g.add_argument("--dataset", help="the training data's name in the model card (default: the data folder's)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_export)
+
+
+def add_push_to_hub_parser(sub):
+    s = sub.add_parser("push-to-hub", help="upload a model folder (export --format hub) or a training checkpoint "
+                                           "to the Hugging Face hub")
+    s.add_argument("source", metavar="CHECKPOINT_OR_FOLDER")
+    s.add_argument("repo_id", metavar="REPO_ID", help="org/name or name (your namespace)")
+    s.add_argument("--private", action="store_true", help="make a new repository private")
+    s.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or `hf auth login`'s)")
+    s.add_argument("--message", help="commit message")
+    s.add_argument("--ema", action="store_true", help="a checkpoint's EMA weights instead of the trained ones")
+    s.add_argument("--dataset", help="the training data's name in the model card (default: the data folder's)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_push_to_hub)
 
 
 def add_convert_parser(sub):

@@ -11,3 +11,4 @@ from .upernet import UperNetSegmentor
 from .variants import VARIANTS, Variant
 from .vmamba import VMamba
 from .weights import load_checkpoint, official_to_timm, read_checkpoint
+from .timm_compat import register_timm

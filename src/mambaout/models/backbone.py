@@ -19,6 +19,7 @@ from typing import Dict, List, Sequence
 
 import torch
 import torch.nn as nn
+from timm.models import FeatureInfo
 
 from ..errors import MambaOutError
 from .blocks import LayerNorm, nhwc_to_nchw
@@ -69,8 +70,11 @@ class MambaOutBackbone(nn.Module):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if str(i) in self.out_norms:
-                outs.append(nhwc_to_nchw(self.out_norms[str(i)](x)))
+                outs.append(self._output(self.out_norms[str(i)](x)))
         return outs
+
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.output_fmt == "NHWC" else nhwc_to_nchw(x)
 
     def load_classification_state_dict(self, sd: Dict[str, torch.Tensor], source: str = "checkpoint"):
         """Load a classification model's weights (timm or official layout) into the trunk.
@@ -124,10 +128,13 @@ class VMambaBackbone(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer.forward_blocks(x)
             if str(i) in self.out_norms:
-                outs.append(nhwc_to_nchw(self.out_norms[str(i)](x)))
+                outs.append(self._output(self.out_norms[str(i)](x)))
             if layer.downsample is not None:
                 x = layer.downsample(x)
         return outs
+
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.output_fmt == "NHWC" else nhwc_to_nchw(x)
 
     def load_classification_state_dict(self, sd: Dict[str, torch.Tensor], source: str = "checkpoint"):
         """As MambaOutBackbone's: head and final norm dropped, unbuilt stages (and the last
@@ -142,17 +149,27 @@ class VMambaBackbone(nn.Module):
 
 def _set_outputs(backbone: nn.Module, out_indices: Sequence[int], full: nn.Module, norm) -> None:
     """A backbone's output description from the full model's feature_info: out_indices (sorted,
-    checked), in_chans, a `norm` per output (out_norms), feature_info, out_channels, out_strides."""
+    checked), in_chans, a `norm` per output (out_norms), feature_info, out_channels, out_strides,
+    output_fmt.
+
+    feature_info is timm's FeatureInfo, as on the module `timm.create_model(name,
+    features_only=True)` returns (timm/models/_features.py): it describes every stage of the
+    full model, and channels() / reduction() / module_name() give the values of the outputs
+    (out_indices), so code written for timm's feature extractors (segmentation_models_pytorch,
+    detection wrappers) reads this backbone unchanged. Iterating it yields all stages' dicts;
+    out_channels / out_strides are the outputs' lists. output_fmt: "NCHW" (default) or "NHWC"
+    (the stages' own layout, no permute), as timm's `output_fmt`."""
     info = full.feature_info
     n = len(info)
     if not out_indices or any(not isinstance(i, int) or not 0 <= i < n for i in out_indices):
         raise ValueError(f"out_indices must be stage indices in 0..{n - 1}, got {tuple(out_indices)}")
     backbone.out_indices = tuple(sorted(set(out_indices)))
     backbone.in_chans = full.in_chans
+    backbone.output_fmt = "NCHW"
     backbone.out_norms = nn.ModuleDict({str(i): norm(info[i]["num_chs"]) for i in backbone.out_indices})
-    backbone.feature_info = [dict(info[i]) for i in backbone.out_indices]
-    backbone.out_channels = [f["num_chs"] for f in backbone.feature_info]
-    backbone.out_strides = [f["reduction"] for f in backbone.feature_info]
+    backbone.feature_info = FeatureInfo([dict(f) for f in info], backbone.out_indices)
+    backbone.out_channels = backbone.feature_info.channels()
+    backbone.out_strides = backbone.feature_info.reduction()
 
 
 class LocalVMambaBackbone(VMambaBackbone):

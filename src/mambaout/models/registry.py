@@ -1,6 +1,7 @@
 """The model names: the variant tables (classification, segmentation, detection) looked up by
 name, listed, and turned into constructor arguments and pretrained configs. A leaf of the
-models package: it builds nothing (factory.py does) and imports no model module."""
+models package: it builds nothing (factory.py does) and imports no model module; model folder
+and hub names ('local-dir:', 'hf-hub:') are answered from their config.json (hub.py)."""
 from __future__ import annotations
 
 import difflib
@@ -13,6 +14,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..errors import MambaOutError, UnknownModelError
 from .detection_variants import DETECTION_VARIANTS
+from .hub import is_hub_name, read_config
 from .segmentation_variants import SEGMENTATION_VARIANTS
 from .variants import VARIANTS, Variant
 
@@ -50,7 +52,11 @@ def split_name(name: str) -> Tuple[str, Optional[str]]:
 
 
 def get_variant(name: str) -> Variant:
-    """The variant-table row of a classification model name (a tag after '.' is ignored)."""
+    """The variant-table row of a classification model name (a tag after '.' is ignored); for
+    a model folder / hub repo ('local-dir:/path', 'hf-hub:org/name') the row of the
+    architecture its config.json names."""
+    if is_hub_name(name):
+        return VARIANTS[read_config(name).variant]
     base, _ = split_name(name)
     if base in SEGMENTATION_VARIANTS:
         raise UnknownModelError(f"'{name}' is a segmentation model, not a row of the variant table "
@@ -88,7 +94,11 @@ def pretrained_cfg(name: str) -> dict:
 
     Every key is a field of timm's PretrainedCfg (timm/models/_pretrained.py), so
     `PretrainedCfg(**cfg)` holds it, as timm's own models' cfgs; where the official
-    release lives (the Variant row's official_url) is timm's `origin_url`."""
+    release lives (the Variant row's official_url) is timm's `origin_url`. For a model folder /
+    hub repo name: its config.json's cfg (label names included) on its variant's."""
+    if is_hub_name(name):
+        hub = read_config(name)
+        return hub.model_cfg(pretrained_cfg(hub.variant))
     v = get_variant(name)
     _, tag = split_name(name)
     if tag is None:

@@ -65,8 +65,10 @@ def load_for_inference(checkpoint=None, model_name: Optional[str] = None, pretra
                               "class_names": None}
     if model_name and pretrained:
         model = create_model(model_name, pretrained=True)
+        # a model folder / hub repo names its classes in its config.json (label_names)
         return model.eval(), {"model_name": get_variant(model_name).name,
-                              "num_classes": model.num_classes, "class_names": None}
+                              "num_classes": model.num_classes,
+                              "class_names": model.pretrained_cfg.get("label_names")}
     raise MambaOutError("give --checkpoint FILE, or --model NAME --pretrained")
 
 

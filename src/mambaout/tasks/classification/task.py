@@ -12,6 +12,7 @@ from ...errors import CheckpointError, MambaOutError
 from ...data.loader import eval_loader
 from .evaluate import evaluate
 from ...models import create_model, get_variant
+from ...models.hub import is_hub_name, read_config
 from .recipe import ILLAMA_SOFT_MASK, Recipe
 from ...utils import absolute
 
@@ -27,9 +28,18 @@ class ClassificationTask:
         self.recipe, self.data = recipe, data
         self.classes = None
         self._val_loader = None
+        self.weights_from = None       # a model folder / hub repo whose weights --pretrained starts from
 
     def check(self):
         r = self.recipe
+        if is_hub_name(r.model):
+            # 'local-dir:' / 'hf-hub:': its architecture trains (and is recorded); --pretrained
+            # starts from its weights (models/hub.py)
+            self.weights_from = r.model
+            extra = read_config(r.model).constructor_args()
+            if extra:
+                raise MambaOutError(f"{r.model} was built with options a training recipe cannot record "
+                                    f"({', '.join(sorted(extra))}): fine-tune it with the library")
         r.model = get_variant(r.model).name
         if r.epochs <= 0 or r.img_size <= 0:
             raise MambaOutError("--epochs and --img-size must be positive")
@@ -97,7 +107,8 @@ class ClassificationTask:
     # ---- model and loss -------------------------------------------------------------------------
     def build_model(self, pretrained: bool, initial_checkpoint: Optional[str]) -> nn.Module:
         r = self.recipe
-        model = create_model(r.model, num_classes=self.num_classes, img_size=r.img_size,
+        name = self.weights_from if pretrained and self.weights_from else r.model
+        model = create_model(name, num_classes=self.num_classes, img_size=r.img_size,
                              drop_path_rate=r.drop_path_rate(), drop_rate=r.drop, pretrained=pretrained,
                              checkpoint_path=initial_checkpoint)
         self.mixup = None
