@@ -204,3 +204,17 @@ def stage_indices(n: int, indices) -> List[int]:
             raise ValueError(f"stage index {i} out of range for {n} stages")
         out.append(i % n)
     return sorted(out)
+
+
+class DefaultCfgAlias:
+    """timm's models carry `default_cfg`, the older name of `pretrained_cfg`: the same dict
+    (a mixin of every model family's class)."""
+    __jit_unused_properties__ = ["default_cfg"]
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict):
+        self.pretrained_cfg = cfg

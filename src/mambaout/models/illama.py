@@ -65,7 +65,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import MambaOutError
-from .blocks import stage_indices
+from .blocks import DefaultCfgAlias, stage_indices
 from .fast import fx_tracing
 
 ROPE_THETA = 10000.0
@@ -205,7 +205,7 @@ def paper_macs(img_size: int = 224, patch_size: int = 16, dim: int = 192, depth:
     return p * in_chans * patch_size ** 2 * dim + depth * block + dim * num_classes
 
 
-class ILLaMA(nn.Module):
+class ILLaMA(DefaultCfgAlias, nn.Module):
     """iLLaMA with timm's classifier and feature interface (architecture and facts: module
     docstring).
 
@@ -279,17 +279,6 @@ class ILLaMA(nn.Module):
         return soft_mask(n, self.soft_mask_ratio, device)
 
     # ---- timm's interface ------------------------------------------------------------------
-    # timm's models carry `default_cfg`, the older name of `pretrained_cfg`: the same dict.
-    __jit_unused_properties__ = ["default_cfg"]
-
-    @property
-    def default_cfg(self) -> dict:
-        return self.pretrained_cfg
-
-    @default_cfg.setter
-    def default_cfg(self, cfg: dict):
-        self.pretrained_cfg = cfg
-
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable

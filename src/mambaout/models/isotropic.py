@@ -80,7 +80,8 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import MambaOutError
-from .blocks import GatedCNNBlock, LayerNorm, MlpHead, MlpHeadClassifier, nchw_to_nhwc, nhwc_to_nchw, stage_indices
+from .blocks import (DefaultCfgAlias, GatedCNNBlock, LayerNorm, MlpHead, MlpHeadClassifier, nchw_to_nhwc,
+                     nhwc_to_nchw, stage_indices)
 from .fast import fx_tracing
 from .ssm import SelectiveSSM
 
@@ -177,21 +178,10 @@ class PatchEmbed(nn.Module):
         return nchw_to_nhwc(self.proj(x))
 
 
-class _ClassifierAPI:
+class _ClassifierAPI(DefaultCfgAlias):
     """timm-style helpers shared by both isotropic models (need self.blocks)."""
 
     grad_checkpointing = False
-
-    # timm's models carry `default_cfg`, the older name of `pretrained_cfg`: the same dict.
-    __jit_unused_properties__ = ["default_cfg"]
-
-    @property
-    def default_cfg(self) -> dict:
-        return self.pretrained_cfg
-
-    @default_cfg.setter
-    def default_cfg(self, cfg: dict):
-        self.pretrained_cfg = cfg
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):

@@ -17,8 +17,8 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import (ACTIVATIONS, Downsample, GatedCNNBlock, MlpHead, MlpHeadClassifier, Stem, nhwc_to_nchw,
-                     stage_indices)
+from .blocks import (ACTIVATIONS, DefaultCfgAlias, Downsample, GatedCNNBlock, MlpHead, MlpHeadClassifier, Stem,
+                     nhwc_to_nchw, stage_indices)
 from .fast import _compiling, fx_tracing
 from .hybrid import stage_block_kwargs
 
@@ -60,7 +60,7 @@ class MambaOutStage(nn.Module):
         return self.blocks(x)
 
 
-class MambaOut(MlpHeadClassifier, nn.Module):
+class MambaOut(DefaultCfgAlias, MlpHeadClassifier, nn.Module):
     """MambaOut image classifier / backbone.
 
     Args:
@@ -116,17 +116,6 @@ class MambaOut(MlpHeadClassifier, nn.Module):
         # Keys are timm PretrainedCfg fields (create_model fills it from registry.pretrained_cfg).
         self.pretrained_cfg: dict = {}
         self.apply(self._init_weights)
-
-    # timm's models carry `default_cfg`, the older name of `pretrained_cfg`: the same dict.
-    __jit_unused_properties__ = ["default_cfg"]
-
-    @property
-    def default_cfg(self) -> dict:
-        return self.pretrained_cfg
-
-    @default_cfg.setter
-    def default_cfg(self, cfg: dict):
-        self.pretrained_cfg = cfg
 
     @staticmethod
     def _init_weights(m):

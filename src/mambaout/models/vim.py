@@ -70,7 +70,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import MambaOutError
 from . import ssm
-from .blocks import stage_indices
+from .blocks import DefaultCfgAlias, stage_indices
 from .fast import fx_tracing
 
 GLOBAL_POOLS = ("token", "avg", "")
@@ -233,7 +233,7 @@ def paper_flops(img_size=224, depth: int = 24, dim: int = 384, patch_size: int =
     return patches * dim * in_chans * patch_size ** 2 + depth * block + dim * num_classes
 
 
-class Vim(nn.Module):
+class Vim(DefaultCfgAlias, nn.Module):
     """Vision Mamba with timm's classifier and feature interface.
 
     img_size: the input size the position embedding is built for (int or (H, W)); depth, dim,
@@ -311,17 +311,6 @@ class Vim(nn.Module):
                            num_classes=self.num_classes, in_chans=self.in_chans)
 
     # ---- timm's interface ------------------------------------------------------------------
-    # timm's models carry `default_cfg`, the older name of `pretrained_cfg`: the same dict.
-    __jit_unused_properties__ = ["default_cfg"]
-
-    @property
-    def default_cfg(self) -> dict:
-        return self.pretrained_cfg
-
-    @default_cfg.setter
-    def default_cfg(self, cfg: dict):
-        self.pretrained_cfg = cfg
-
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, register_notrace_module, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import nhwc_to_nchw, stage_indices
+from .blocks import DefaultCfgAlias, nhwc_to_nchw, stage_indices
 from . import ssm
 from .ssm import run_scan
 
@@ -228,7 +228,7 @@ def init_linear_ln(m: nn.Module):
         nn.init.zeros_(m.bias)
 
 
-class StageClassifier:
+class StageClassifier(DefaultCfgAlias):
     """timm's classifier and feature interface for the VMamba-like families (VMamba, LocalVMamba,
     EfficientVMamba): a `patch_embed` (NCHW image -> NHWC map), `layers` (each with
     `forward_blocks` and `downsample`, None on the last), a final LayerNorm and a Linear head at
@@ -244,17 +244,6 @@ class StageClassifier:
     final_norm_path = "norm"
     head_path = "head"
     _init_weights = staticmethod(init_linear_ln)
-
-    # timm's models carry `default_cfg`, the older name of `pretrained_cfg`: the same dict.
-    __jit_unused_properties__ = ["default_cfg"]
-
-    @property
-    def default_cfg(self) -> dict:
-        return self.pretrained_cfg
-
-    @default_cfg.setter
-    def default_cfg(self, cfg: dict):
-        self.pretrained_cfg = cfg
 
     def final_norm(self) -> nn.Module:
         return self.get_submodule(self.final_norm_path)
