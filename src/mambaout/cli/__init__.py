@@ -1,7 +1,7 @@
 """The `mambaout` command: a thin layer of argument parsing over the library.
 
 One module per command group, each parsing its flags, calling one library function and
-printing the report: classify.py (train, validate, predict, cam, demo, export, convert),
+printing the report: classify.py (train, transfer, validate, predict, cam, demo, export, convert),
 segment.py (`mambaout segment ...`), detect.py (`mambaout detect ...`), tools.py (models,
 complexity, benchmark, seqlen, study, erf). flags.py generates the training commands' recipe flags
 from the recipe dataclasses; common.py holds what the command modules share."""
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_models_parser(sub)
     tools.add_complexity_parser(sub)
     classify.add_train_parser(sub)
+    classify.add_transfer_parser(sub)
     classify.add_validate_parser(sub)
     classify.add_predict_parser(sub)
     classify.add_cam_parser(sub)

@@ -5,8 +5,8 @@ import json
 from typing import Optional
 
 from ..errors import MambaOutError
-from ..tasks.classification.recipe import RECIPES, Recipe, digits_recipe, vmamba_recipe
-from .common import _add_run_flags, _add_train_run_flags, _amp, _plan, _report_images
+from ..tasks.classification.recipe import RECIPES, Recipe, digits_recipe, finegrained_recipe, vmamba_recipe
+from .common import _add_engine_flags, _add_run_flags, _add_train_run_flags, _amp, _plan, _report_images
 from .flags import RecipeFlags
 
 # The Recipe fields `mambaout train` has flags for, in --help order (--aa sets auto_augment);
@@ -15,8 +15,9 @@ TRAIN_FLAGS = RecipeFlags(Recipe, (
     ("recipe", "base"), "model", "epochs", "batch_size", "grad_accum_steps", "lr", "lr_base", "lr_base_size", "opt", "opt_eps",
     "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "clip_grad", "img_size", ("aa", "auto_augment"),
     "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "reprob", "smoothing", "drop_path", "drop", "hflip",
-    "scale", "ratio", "crop_pct", "model_ema", "model_ema_decay", "soft_mask_ratio", "soft_mask_epochs", "seed",
-), defaults=(("Table 2", Recipe), ("vmamba", vmamba_recipe), ("digits", digits_recipe)))
+    "scale", "ratio", "crop_pct", "crop_mode", "train_crop", "model_ema", "model_ema_decay", "soft_mask_ratio", "soft_mask_epochs", "seed",
+), defaults=(("Table 2", Recipe), ("vmamba", vmamba_recipe), ("finegrained", finegrained_recipe),
+             ("digits", digits_recipe)))
 RECIPE_FLAGS = TRAIN_FLAGS.flags   # flag (dest) -> Recipe field
 MODEL_HELP = ("model name, or a saved model folder / hub repo: 'local-dir:DIR', 'hf-hub:org/name' "
               "(its weights; --pretrained implied)")
@@ -59,12 +60,26 @@ def _pretrained(args) -> bool:
 
 def cmd_train(args) -> int:
     from ..tasks.classification.train import train
-    recipe, _, opts = _plan(args, Recipe, recipe_changes(args), {"data": args.data},
-                            lambda given: recipe_from_args(args, given))
-    result = train(recipe, opts)
+    given_source = {"data": args.data, **({"dataset": args.dataset} if args.dataset else {})}
+    recipe, source, opts = _plan(args, Recipe, recipe_changes(args), given_source,
+                                 lambda given: recipe_from_args(args, given))
+    result = train(recipe, opts, dataset=source.get("dataset"))
     if result.status == "finished":
         print(f"done: best top-1 {result.best:.2f}%, final top-1 {result.final:.2f}% "
               f"after {result.epochs_run} epochs; checkpoints and logs in {result.output}")
+    return 0
+
+
+def cmd_transfer(args) -> int:
+    from dataclasses import replace
+    from ..tasks.classification.transfer import format_table, transfer
+    from .common import _run_options
+    if args.pretrained and args.checkpoint:
+        raise MambaOutError("give --pretrained or --checkpoint, not both")
+    opts = replace(_run_options(args), data=None, output=None, resume=None)
+    report = transfer(args.root, args.datasets, args.model, _pretrained(args), args.checkpoint, args.output,
+                      recipe_changes(args), opts)
+    print(json.dumps(report) if args.json else format_table(report))
     return 0
 
 
@@ -73,7 +88,7 @@ def cmd_validate(args) -> int:
     amp = _amp(args)
     r = validate(args.checkpoint, args.model, _pretrained(args), args.data, args.split, args.batch_size,
                  args.workers, args.img_size, args.crop_pct, args.device, amp, args.channels_last,
-                 onnx=args.onnx, bf16=args.bf16)
+                 onnx=args.onnx, bf16=args.bf16, dataset_name=args.dataset)
     if args.json:
         print(json.dumps(r))
     else:
@@ -191,9 +206,21 @@ def cmd_convert(args) -> int:
     return 0
 
 
+DATA_HELP = ("the images: an ImageFolder root (train/<class>/* beside val/ or test/), a CIFAR folder, or one "
+             "of the fine-grained datasets as it ships (CUB-200-2011, Stanford Cars, Stanford Dogs, Oxford-IIIT "
+             "Pets, FGVC Aircraft; see docs/transfer.md)")
+
+
+def _add_dataset_flag(s):
+    from ..data.finegrained import LAYOUTS
+    s.add_argument("--dataset", choices=list(LAYOUTS),
+                   help="the fine-grained dataset --data holds (default: recognised from its files)")
+
+
 def add_train_parser(sub):
     s = sub.add_parser("train", help="train or fine-tune (Table 2 recipe; embedded digits set without --data)")
-    s.add_argument("--data", help="ImageFolder root with train/<class>/* and val/<class>/*")
+    s.add_argument("--data", help=DATA_HELP)
+    _add_dataset_flag(s)
     TRAIN_FLAGS.add(s, "base", "model")
     g = s.add_argument_group("recipe (defaults: Table 2 with --data, the digits recipe without)")
     TRAIN_FLAGS.add(g, "epochs", "seed")
@@ -201,13 +228,36 @@ def add_train_parser(sub):
     s.set_defaults(func=cmd_train)
 
 
+def add_transfer_parser(sub):
+    from ..data.finegrained import LAYOUTS
+    s = sub.add_parser("transfer", help="Table 9: fine-tune on each fine-grained dataset under a folder, then the table",
+                       description="Fine-tunes --model on each fine-grained dataset found under --root (each an "
+                                   "ordinary resumable run in <output>/<dataset>/, the finegrained recipe), then "
+                                   "prints and writes Table 9 (table9.json, table9.csv). Rerunning the command "
+                                   "skips finished runs and resumes unfinished ones.")
+    s.add_argument("--root", required=True, help="the folder holding the datasets as they ship (docs/transfer.md)")
+    s.add_argument("--datasets", nargs="+", choices=list(LAYOUTS), metavar="NAME",
+                   help=f"which of {', '.join(LAYOUTS)} (default: every one found under --root)")
+    s.add_argument("--model", default="mambaout_tiny", help=MODEL_HELP + " (default: mambaout_tiny)")
+    s.add_argument("--pretrained", action="store_true", help="start from the model's released ImageNet weights")
+    s.add_argument("--checkpoint", help="start from these weights (a training checkpoint or weights file)")
+    s.add_argument("-o", "--output", help="where the runs and the table go (default: runs/transfer-<model>)")
+    s.add_argument("--json", action="store_true", help="print the table as JSON")
+    g = s.add_argument_group("recipe (default: finegrained; each flag changes it for every dataset)")
+    TRAIN_FLAGS.add(g, "epochs", "seed")
+    _add_engine_flags(s)
+    s.set_defaults(func=cmd_transfer, data=None, resume=None, initial_checkpoint=None)
+
+
 def add_validate_parser(sub):
     s = sub.add_parser("validate", help="top-1/top-5/loss of a checkpoint on an ImageFolder split or the digits set")
     s.add_argument("--checkpoint", help="training checkpoint, or weights file with --model")
     s.add_argument("--model", help=MODEL_HELP)
     s.add_argument("--pretrained", action="store_true")
-    s.add_argument("--data", help="ImageFolder root (uses <data>/<split>/ if present); default: digits")
-    s.add_argument("--split", default="val")
+    s.add_argument("--data", help=DATA_HELP + "; default: the embedded digits")
+    _add_dataset_flag(s)
+    s.add_argument("--split", help="the split to evaluate (an ImageFolder: <data>/<split>/ if present; default: "
+                                   "val, or the test split of a dataset without val, e.g. the fine-grained ones)")
     s.add_argument("-b", "--batch-size", type=int, default=128)
     s.add_argument("--img-size", type=int)
     s.add_argument("--crop-pct", type=float)

@@ -93,6 +93,11 @@ def _add_train_run_flags(s):
     s.add_argument("--resume", help="continue from a training checkpoint (last.pth)")
     s.add_argument("--pretrained", action="store_true", help="start from the released weights (fine-tune)")
     s.add_argument("--initial-checkpoint", help="start from these weights (fine-tune)")
+    _add_engine_flags(s)
+
+
+def _add_engine_flags(s):
+    """How a training run runs (engine options), for commands that start runs."""
     _add_run_flags(s)
     s.add_argument("--torchcompile", "--compile", dest="torchcompile", action="store_true")
     s.add_argument("--grad-checkpointing", action="store_true")

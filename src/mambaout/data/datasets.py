@@ -75,7 +75,43 @@ def load_image(path) -> Image.Image:
         return im.convert("RGB")
 
 
-class ImageFolder(Dataset):
+class LabelledFiles(Dataset):
+    """Image files with their class indices (`samples`: [(path, target)]) and the class names;
+    a file that cannot be read (missing, truncated, not an image) comes back as None, counted
+    and skipped by collate_skip_bad. `crop_bottom`: pixel rows cut from the bottom of every
+    image as it is read (FGVC Aircraft's copyright banner)."""
+
+    def __init__(self, samples: Sequence[Tuple[str, int]], classes: Sequence[str],
+                 transform: Optional[Callable] = None, crop_bottom: int = 0):
+        self.samples = [(str(p), int(t)) for p, t in samples]
+        self.classes, self.transform, self.crop_bottom = list(classes), transform, int(crop_bottom)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.targets = [t for _, t in self.samples]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def read(self, i) -> Image.Image:
+        """Image i as RGB, its bottom `crop_bottom` rows cut away (raises READ_ERRORS)."""
+        img = load_image(self.samples[i][0])
+        if self.crop_bottom:
+            w, h = img.size
+            if h <= self.crop_bottom:
+                raise ValueError(f"{h} pixel rows, not more than the {self.crop_bottom} to crop")
+            img = img.crop((0, 0, w, h - self.crop_bottom))
+        return img
+
+    def __getitem__(self, i):
+        path, target = self.samples[i]
+        try:
+            img = self.read(i)
+        except READ_ERRORS as e:
+            log.warning("skipping unreadable image %s (%s)", path, read_error(e)[:120])
+            return None
+        return (self.transform(img) if self.transform else img), target
+
+
+class ImageFolder(LabelledFiles):
     """root/<class>/<image> with classes sorted by name (torchvision's ImageFolder layout)."""
 
     def __init__(self, root, transform: Optional[Callable] = None, classes: Optional[Sequence[str]] = None):
@@ -88,28 +124,13 @@ class ImageFolder(Dataset):
         elif set(found) - set(classes):
             extra = sorted(set(found) - set(classes))
             raise MambaOutError(f"{root} has classes the model does not know: {', '.join(extra[:5])}")
-        self.root, self.transform, self.classes = root, transform, list(classes)
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self.samples: List[Tuple[str, int]] = []
-        for c in found:
-            for p in sorted((root / c).rglob("*")):
-                if p.suffix.lower() in IMG_EXTENSIONS and p.is_file():
-                    self.samples.append((str(p), self.class_to_idx[c]))
-        if not self.samples:
+        index = {c: i for i, c in enumerate(classes)}
+        samples = [(str(p), index[c]) for c in found for p in sorted((root / c).rglob("*"))
+                   if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()]
+        if not samples:
             raise MambaOutError(f"no images found under {root} (expected {root}/<class>/<image>)")
-        self.targets = [t for _, t in self.samples]
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        path, target = self.samples[i]
-        try:
-            img = load_image(path)
-        except READ_ERRORS as e:
-            log.warning("skipping unreadable image %s (%s)", path, read_error(e)[:120])
-            return None
-        return (self.transform(img) if self.transform else img), target
+        super().__init__(samples, classes, transform)
+        self.root = root
 
 
 class DigitsDataset(Dataset):
@@ -337,27 +358,3 @@ class CifarDataset(Dataset):
     def __getitem__(self, i):
         img = Image.fromarray(self.images[i])
         return (self.transform(img) if self.transform else img), self.targets[i]
-
-
-def build_datasets(data: Optional[str], img_size: int, train_tf=None, eval_tf=None,
-                   train_split="train", val_split="val"):
-    """(train, val, class names) from an ImageFolder root, a CIFAR-10/100 folder (torchvision's
-    python format: train on the training batches, validate on the test batch), or the
-    embedded digits set if None."""
-    if data is None:
-        return (DigitsDataset("train", img_size, train_tf), DigitsDataset("val", img_size, eval_tf),
-                list(DigitsDataset.classes))
-    root = Path(data)
-    if not root.is_dir():
-        raise MambaOutError(f"dataset folder not found: {root}")
-    cifar = find_cifar(root)
-    if cifar is not None:
-        train = CifarDataset(cifar, "train", train_tf)
-        return train, CifarDataset(cifar, "val", eval_tf), train.classes
-    for split in (train_split, val_split):
-        if not (root / split).is_dir():
-            raise MambaOutError(f"{root} has no '{split}' folder (expected {root}/{train_split}/<class>/* "
-                                f"and {root}/{val_split}/<class>/*)")
-    train = ImageFolder(root / train_split, train_tf)
-    val = ImageFolder(root / val_split, eval_tf, classes=train.classes)
-    return train, val, train.classes

@@ -1,6 +1,7 @@
 """Train and eval transforms, built with timm's data pipeline."""
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 from PIL import Image
@@ -24,16 +25,51 @@ def train_transform(img_size: int, auto_augment, re_prob: float, interpolation="
 
 def eval_transform(img_size: int, crop_pct: float = 1.0, interpolation="bicubic",
                    mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_mode="center"):
-    """Resize the short side to img_size / crop_pct (bicubic), center-crop img_size, normalise."""
+    """Resize the short side (crop_mode "center") or both sides ("squash") to img_size / crop_pct,
+    center-crop img_size, normalise."""
     return create_transform(img_size, is_training=False, crop_pct=crop_pct, crop_mode=crop_mode,
                             interpolation=interpolation, mean=mean, std=std)
 
 
+def resize_crop_transform(img_size: int, crop_pct: float, crop_mode: str = "center", interpolation="bilinear",
+                          mean=IMAGENET_MEAN, std=IMAGENET_STD, hflip: float = 0.5, auto_augment=None,
+                          re_prob: float = 0.0):
+    """Resize to img_size / crop_pct (crop_mode "squash": both sides, the aspect ratio given up, as
+    mmcv's Resize(scale=N) does; "center": the short side), a random img_size crop, flip,
+    [RandAugment], normalise, [random erasing]: the fine-grained training pipeline whose
+    evaluation counterpart is eval_transform(img_size, crop_pct, crop_mode=crop_mode)."""
+    from timm.data.auto_augment import rand_augment_transform
+    from timm.data.random_erasing import RandomErasing
+    from timm.data.transforms import str_to_interp_mode, str_to_pil_interp
+    from torchvision import transforms as T
+    scale = math.floor(img_size / crop_pct)
+    ops = [T.Resize((scale, scale) if crop_mode == "squash" else scale, interpolation=str_to_interp_mode(interpolation)),
+           T.RandomCrop(img_size)]
+    if hflip > 0:
+        ops.append(T.RandomHorizontalFlip(hflip))
+    if auto_augment:
+        ops.append(rand_augment_transform(auto_augment, dict(
+            translate_const=int(img_size * 0.45), img_mean=tuple(round(255 * m) for m in mean),
+            interpolation=str_to_pil_interp(interpolation))))
+    ops += [T.ToTensor(), T.Normalize(mean, std)]
+    if re_prob > 0:
+        ops.append(RandomErasing(re_prob, mode="pixel", device="cpu"))
+    tf = T.Compose(ops)
+    _fix_zero_bit_posterize(tf)
+    return tf
+
+
 def recipe_transforms(recipe, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """(train, eval) transforms of a training recipe (mambaout.recipe.Recipe)."""
-    train = train_transform(recipe.img_size, recipe.auto_augment, recipe.reprob, recipe.interpolation,
-                            mean, std, hflip=recipe.hflip, scale=recipe.scale, ratio=recipe.ratio)
-    return train, eval_transform(recipe.img_size, recipe.crop_pct, recipe.interpolation, mean, std)
+    """(train, eval) transforms of a training recipe (mambaout.recipe.Recipe): training crops are
+    random-resized (ImageNet) or resize-random (a resize, then a random crop: fine-grained)."""
+    crop_mode = getattr(recipe, "crop_mode", "center")
+    if getattr(recipe, "train_crop", "random-resized") == "resize-random":
+        train = resize_crop_transform(recipe.img_size, recipe.crop_pct, crop_mode, recipe.interpolation, mean, std,
+                                      hflip=recipe.hflip, auto_augment=recipe.auto_augment, re_prob=recipe.reprob)
+    else:
+        train = train_transform(recipe.img_size, recipe.auto_augment, recipe.reprob, recipe.interpolation,
+                                mean, std, hflip=recipe.hflip, scale=recipe.scale, ratio=recipe.ratio)
+    return train, eval_transform(recipe.img_size, recipe.crop_pct, recipe.interpolation, mean, std, crop_mode)
 
 
 def posterize_keep_zero_bits(img: Image.Image, bits_to_keep: int, **kw) -> Image.Image:

@@ -127,6 +127,7 @@ def export(model_name: str, fmt: str, output, checkpoint=None, pretrained: bool 
         meta = {"model_name": getattr(model, "variant", model_name), "num_classes": model.num_classes,
                 "class_names": info.get("class_names"), "img_size": size,
                 "crop_pct": info.get("crop_pct", cfg["crop_pct"]),
+                "crop_mode": info.get("crop_mode", cfg.get("crop_mode", "center")),
                 "interpolation": info.get("interpolation", cfg["interpolation"]),
                 "mean": list(cfg["mean"]), "std": list(cfg["std"])}
         export_onnx(model, output, size, opset, dynamic_size=dynamic_size, metadata=meta)
@@ -149,7 +150,8 @@ def _quantized(fp32, output, result: dict, calibration, num_images: int, method:
     from ..data import eval_transform
     from .quantize import calibration_batches, quantize_int8
     meta = onnx_metadata(fp32)
-    tf = eval_transform(meta["img_size"], meta["crop_pct"], meta["interpolation"], meta["mean"], meta["std"])
+    tf = eval_transform(meta["img_size"], meta["crop_pct"], meta["interpolation"], meta["mean"], meta["std"],
+                        meta.get("crop_mode", "center"))
     batches = calibration_batches(tf, calibration, num_images)
     quantize_int8(fp32, output, batches, method=method)
     a, b = onnx_session(fp32), onnx_session(output)

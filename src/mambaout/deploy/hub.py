@@ -196,7 +196,7 @@ def hf_config(model: nn.Module, variant: str, info: dict, label_names, license: 
         size = int(info["img_size"])
         cfg.update(input_size=(in_chans, size, size), crop_pct=float(info.get("crop_pct", cfg.get("crop_pct", 1.0))),
                    interpolation=info.get("interpolation", cfg.get("interpolation", "bicubic")),
-                   crop_mode="center", pool_size=(max(1, size // 32),) * 2)
+                   crop_mode=info.get("crop_mode", "center"), pool_size=(max(1, size // 32),) * 2)
         for key in ("tag", "origin_url", "test_input_size", "test_crop_pct", "test_pool_size"):
             cfg.pop(key, None)         # those describe the released weights, not these
     else:
@@ -339,7 +339,8 @@ def model_card(config: dict, variant: str, record: Optional[dict], dataset: Opti
              f"- **Classes:** {config['num_classes']}" + (": " + ", ".join(config["label_names"][:20])
                                                            + (", ..." if len(config["label_names"]) > 20 else "")
                                                            if config.get("label_names") else ""),
-             f"- **Evaluation transform:** resize to {size[-1]} / crop_pct {pcfg.get('crop_pct')} "
+             f"- **Evaluation transform:** resize ({pcfg.get('crop_mode', 'center')}) to {size[-1]} / crop_pct "
+             f"{pcfg.get('crop_pct')} "
              f"({pcfg.get('interpolation')}), center crop {size[-2]}x{size[-1]}, normalise with mean "
              f"{tuple(pcfg.get('mean', ()))} and std {tuple(pcfg.get('std', ()))} (pretrained_cfg in config.json)",
              f"- **Paper:** {PAPER_NAME} (Weihao Yu, Xinchao Wang; CVPR 2025, {PAPER_IDS})"]

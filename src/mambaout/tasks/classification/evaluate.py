@@ -7,13 +7,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ...data import collate_skip_bad, eval_transform
+from ...data import collate_skip_bad, eval_dataset
 from ...data.loader import checked_batches, eval_loader
 from ...distributed import Dist, all_reduce_sum, setup
 from ...errors import MambaOutError
 from ...models.onnx import OnnxModel
 from ...utils import amp_dtype as to_amp_dtype
-from .predict import load_for_inference
+from .predict import inference_transform, load_for_inference
 
 log = logging.getLogger("mambaout")
 
@@ -52,12 +52,14 @@ def evaluate(model, loader, d: Dist, amp_dtype: Optional[torch.dtype] = None,
 
 
 def validate(checkpoint=None, model_name: Optional[str] = None, pretrained: bool = False,
-             data: Optional[str] = None, split: str = "val", batch_size: int = 128, workers: int = 2,
+             data: Optional[str] = None, split: Optional[str] = None, batch_size: int = 128, workers: int = 2,
              img_size: Optional[int] = None, crop_pct: Optional[float] = None, device: str = "auto",
-             amp: Optional[str] = None, channels_last: bool = False, onnx=None, bf16: bool = False) -> dict:
+             amp: Optional[str] = None, channels_last: bool = False, onnx=None, bf16: bool = False,
+             dataset_name: Optional[str] = None) -> dict:
     """Evaluate a training checkpoint, a released model (--pretrained), any weights file, or an
     exported (fp32 or int8) ONNX file run by ONNX Runtime on the CPU (its preprocessing and class
-    names from the file's metadata)."""
+    names from the file's metadata), on `split` of `data` in its layout (data/sources.py; None: the
+    split training validates on, e.g. a fine-grained set's test split), or on the embedded digits."""
     if onnx is not None:
         if checkpoint or model_name or pretrained:
             raise MambaOutError("give --onnx FILE or a model (--checkpoint / --model), not both")
@@ -69,24 +71,21 @@ def validate(checkpoint=None, model_name: Optional[str] = None, pretrained: bool
     else:
         d = setup(device)
         model, info = load_for_inference(checkpoint, model_name, pretrained)
-    cfg = model.pretrained_cfg
-    size = img_size or info.get("img_size") or cfg["input_size"][-1]
-    tf = eval_transform(size, crop_pct if crop_pct is not None else info.get("crop_pct", cfg["crop_pct"]),
-                        info.get("interpolation", cfg["interpolation"]), cfg["mean"], cfg["std"])
+    size, tf = inference_transform(model, info, img_size, crop_pct)
     if data is None:
+        if dataset_name:
+            raise MambaOutError(f"--dataset {dataset_name} needs --data DIR (the folder holding it)")
         if info.get("num_classes", model.num_classes) != 10:
             raise MambaOutError("without --data the embedded digits set (10 classes) is used, "
                                 f"but the model has {model.num_classes} classes; pass --data DIR")
         from ...data import DigitsDataset
+        split = split or "val"
         dataset = DigitsDataset(split, size, tf)
     else:
-        from pathlib import Path
-        from ...data import ImageFolder
-        root = Path(data) / split if (Path(data) / split).is_dir() else Path(data)
-        dataset = ImageFolder(root, tf, classes=info.get("class_names"))
+        dataset, split = eval_dataset(data, split, tf, classes=info.get("class_names"), dataset=dataset_name)
         if len(dataset.classes) != model.num_classes and not info.get("class_names"):
             if model.num_classes != 1000 or len(dataset.classes) > 1000:
-                raise MambaOutError(f"{root} has {len(dataset.classes)} classes, the model "
+                raise MambaOutError(f"{data} has {len(dataset.classes)} classes, the model "
                                     f"predicts {model.num_classes}")
     if bf16 and amp:
         raise MambaOutError("--bf16 (bf16 weights) and --amp (autocast) are two ways to run bf16: pick one")

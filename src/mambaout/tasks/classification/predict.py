@@ -51,7 +51,7 @@ def load_for_inference(checkpoint=None, model_name: Optional[str] = None, pretra
             fit_state_dict(model, dict(obj["model"]), source=f"checkpoint {checkpoint}")
             info = {"model_name": name, "num_classes": int(obj["num_classes"]),
                     "class_names": obj.get("class_names"), "img_size": obj.get("img_size"),
-                    "crop_pct": recipe.get("crop_pct", 1.0),
+                    "crop_pct": recipe.get("crop_pct", 1.0), "crop_mode": recipe.get("crop_mode", "center"),
                     "interpolation": recipe.get("interpolation", "bicubic")}
             return model.eval(), info
         if not model_name:
@@ -72,17 +72,26 @@ def load_for_inference(checkpoint=None, model_name: Optional[str] = None, pretra
     raise MambaOutError("give --checkpoint FILE, or --model NAME --pretrained")
 
 
+def inference_transform(model, info: dict, img_size: Optional[int] = None, crop_pct: Optional[float] = None):
+    """(size, transform): the evaluation transform a model was trained with (its checkpoint's
+    recipe, else its pretrained config), at `img_size` / `crop_pct` where given."""
+    cfg = model.pretrained_cfg  # MambaOut models and OnnxModel (from its metadata) both have one
+    size = int(img_size or info.get("img_size") or cfg["input_size"][-1])
+    tf = eval_transform(size, crop_pct if crop_pct is not None else info.get("crop_pct", cfg["crop_pct"]),
+                        info.get("interpolation", cfg["interpolation"]), cfg["mean"], cfg["std"],
+                        crop_mode=info.get("crop_mode", cfg.get("crop_mode", "center")))
+    return size, tf
+
+
 class Classifier:
     """A classifier ready for images: the model (eval mode, on its device), the evaluation
     transform of its checkpoint or pretrained config, and its class names."""
 
     def __init__(self, model, info: dict, img_size: Optional[int] = None, device: str = "cpu"):
-        cfg = model.pretrained_cfg  # MambaOut models and OnnxModel (from its metadata) both have one
+        cfg = model.pretrained_cfg
         self.info = info
-        self.size = int(img_size or info.get("img_size") or cfg["input_size"][-1])
+        self.size, self.transform = inference_transform(model, info, img_size)
         self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
-        self.transform = eval_transform(self.size, info.get("crop_pct", cfg["crop_pct"]),
-                                        info.get("interpolation", cfg["interpolation"]), self.mean, self.std)
         self.names = class_names_for(model.num_classes, info.get("class_names"))
         self.device = resolve_device(device)
         self.model = model.to(self.device)

@@ -1,5 +1,6 @@
-"""Image classification as a task of the training engine: ImageFolder / CIFAR / embedded digits
-data, a MambaOut classifier, Mixup/CutMix and label smoothing, top-1/top-5 evaluation."""
+"""Image classification as a task of the training engine: ImageFolder / CIFAR / the fine-grained
+datasets as they ship / embedded digits data, a MambaOut classifier, Mixup/CutMix and label
+smoothing, top-1/top-5 evaluation."""
 from __future__ import annotations
 
 from typing import Optional
@@ -24,8 +25,9 @@ class ClassificationTask:
     metric_keys = ("top1", "top5")
     per_epoch = True
 
-    def __init__(self, recipe: Recipe, data: Optional[str] = None):
-        self.recipe, self.data = recipe, data
+    def __init__(self, recipe: Recipe, data: Optional[str] = None, dataset: Optional[str] = None):
+        # dataset: which fine-grained set `data` holds (cub, cars, ...); None: recognised from its files
+        self.recipe, self.data, self.dataset = recipe, data, dataset
         self.classes = None
         self._val_loader = None
         self.weights_from = None       # a model folder / hub repo whose weights --pretrained starts from
@@ -95,7 +97,7 @@ class ClassificationTask:
     def build_data(self):
         train_tf, eval_tf = recipe_transforms(self.recipe)
         self.train_set, self.val_set, self.classes = build_datasets(self.data, self.recipe.img_size,
-                                                                    train_tf, eval_tf)
+                                                                    train_tf, eval_tf, dataset=self.dataset)
         return self.train_set, self.val_set
 
     @property
@@ -159,4 +161,7 @@ class ClassificationTask:
         return {"class_names": list(self.classes), "img_size": self.recipe.img_size}
 
     def data_source(self) -> dict:
-        return {"data": absolute(self.data)}
+        source = {"data": absolute(self.data)}
+        if self.dataset:        # only when named, so runs from before --dataset existed still resume
+            source["dataset"] = self.dataset
+        return source
