@@ -1,6 +1,7 @@
 """Process-group setup for torchrun (single node or many) and small collective helpers."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -47,6 +48,29 @@ def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def is_main_process() -> bool:
+    """Rank 0 of torchrun's processes, or the only process."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+_shared = False
+
+
 def cleanup(d: Dist):
-    if d.enabled and dist.is_initialized():
+    if d.enabled and dist.is_initialized() and not _shared:
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def one_group_for_all_runs():
+    """Several training runs in one process (`mambaout transfer` under torchrun): the process
+    group the first run creates outlives each run and is destroyed at the end (creating it again
+    on torchrun's store fails: the second group's handshake meets the first one's keys)."""
+    global _shared
+    _shared = True
+    try:
+        yield
+    finally:
+        _shared = False
+        if dist.is_initialized():
+            dist.destroy_process_group()

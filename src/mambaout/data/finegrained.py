@@ -293,16 +293,27 @@ def _candidates(root: Path, depth: int = 2) -> Iterator[Path]:
         level = nxt
 
 
-def find_layout(root, name: Optional[str] = None) -> Optional[Tuple[Layout, Path]]:
-    """(layout, its folder) for the fine-grained dataset at `root` or in a folder inside it (two
-    levels down at most); with `name`, only that layout is looked for. None if there is none."""
-    root = Path(root)
+def find_layouts(root, name: Optional[str] = None) -> List[Tuple[Layout, Path]]:
+    """[(layout, its folder)] of the fine-grained datasets at `root` or in folders inside it (two
+    levels down at most; the first folder of each); with `name`, only that layout is looked for."""
     layouts = [get_layout(name)] if name else list(LAYOUTS.values())
-    for folder in _candidates(root):
+    found: Dict[str, Tuple[Layout, Path]] = {}
+    for folder in _candidates(Path(root)):
         for layout in layouts:
-            if _is(layout, folder):
-                return layout, folder
-    return None
+            if layout.name not in found and _is(layout, folder):
+                found[layout.name] = (layout, folder)
+    return list(found.values())
+
+
+def find_layout(root, name: Optional[str] = None) -> Optional[Tuple[Layout, Path]]:
+    """(layout, its folder) of the one fine-grained dataset at `root` (see find_layouts); None if
+    there is none; a folder holding several is one line asking which (unless `name` says)."""
+    found = find_layouts(root, name)
+    if len(found) > 1:
+        where = ", ".join(f"{layout.name} in {folder}" for layout, folder in found)
+        raise MambaOutError(f"{root} holds several fine-grained datasets ({where}): pass --dataset NAME or the "
+                            f"dataset's own folder")
+    return found[0] if found else None
 
 
 def open_split(folder, layout: Layout, split: str, transform: Optional[Callable] = None,

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from ..errors import MambaOutError
 from .datasets import CifarDataset, DigitsDataset, ImageFolder, find_cifar
-from .finegrained import LAYOUTS, find_layout, get_layout, open_split
+from .finegrained import LAYOUTS, find_layout, find_layouts, get_layout, open_split
 
 EVAL_FOLDERS = ("val", "test")
 
@@ -43,14 +43,6 @@ def find_dataset(root, name: str) -> Optional[Path]:
             if "car" in folder.name.lower() and image_folder_root(folder, None) is not None:
                 return folder
     return None
-
-
-def describe(data: Optional[str], dataset: Optional[str] = None) -> str:
-    """What `data` is, in a few words (for logs and tables)."""
-    if data is None:
-        return "the embedded digits"
-    found = find_layout(data, dataset) if dataset or Path(data).is_dir() else None
-    return f"{found[0].title} at {found[1]}" if found else str(data)
 
 
 def build_datasets(data: Optional[str], img_size: int, train_tf=None, eval_tf=None,
@@ -108,7 +100,7 @@ def eval_dataset(data: str, split: Optional[str], transform: Callable, classes: 
             raise MambaOutError(f"CIFAR has the splits train and val (its test batch), not {split!r}")
         ds = CifarDataset(find_cifar(root), "train" if split == "train" else "val", transform)
         return _checked_classes(ds, classes, root), split or "val"
-    found = find_layout(root, dataset)
+    found = _model_layout(root, dataset, classes)
     if found is not None:
         layout, folder = found
         split = split or layout.eval_split
@@ -118,6 +110,21 @@ def eval_dataset(data: str, split: Optional[str], transform: Callable, classes: 
         split = next((s for s in EVAL_FOLDERS if (tree / s).is_dir()), "val")
     folder = tree / split if (tree / split).is_dir() else tree
     return ImageFolder(folder, transform, classes=classes), split
+
+
+def _model_layout(root: Path, dataset: Optional[str], classes: Optional[Sequence[str]]):
+    """The fine-grained dataset under root to evaluate a model on: the named one, the only one,
+    or of several the one whose class names are the model's."""
+    found = find_layouts(root, dataset)
+    if len(found) > 1 and classes is not None:
+        for layout, folder in found:
+            try:
+                names = layout.read(folder, layout.eval_split)[1]
+            except MambaOutError:
+                continue
+            if list(names) == list(classes):
+                return layout, folder
+    return find_layout(root, dataset)
 
 
 def _checked_classes(ds, classes, root):

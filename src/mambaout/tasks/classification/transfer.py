@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ...data.finegrained import LAYOUTS
+from ...distributed import is_main_process, one_group_for_all_runs
 from ...data.sources import find_dataset
 from ...engine import RunOptions
 from ...errors import MambaOutError
@@ -117,13 +118,13 @@ def transfer(root, datasets: Optional[Sequence[str]] = None, model: str = "mamba
                     "ImageNet weights)")
     opts = replace(opts, pretrained=pretrained, initial_checkpoint=checkpoint)
     rows: List[dict] = []
-    for name, folder in found.items():
-        row = _run_one(name, folder, out / name, model, changes, opts)
-        rows.append(row)
-        if row["status"] in ("interrupted", "stopped"):
-            break
-    report = _table(model, rows, found, out)
-    return report
+    with one_group_for_all_runs():
+        for name, folder in found.items():
+            row = _run_one(name, folder, out / name, model, changes, opts)
+            rows.append(row)
+            if row["status"] in ("interrupted", "stopped"):
+                break
+    return _table(model, rows, found, out)
 
 
 def _table(model: str, rows: List[dict], found: Dict[str, Path], out: Path) -> dict:
@@ -134,9 +135,11 @@ def _table(model: str, rows: List[dict], found: Dict[str, Path], out: Path) -> d
               "complete": complete,
               "pending": [n for n in found if n not in {r["dataset"] for r in done}],
               "paper": {PAPER_NAMES[m]: v for m, v in TABLE9.items()}}
-    out.mkdir(parents=True, exist_ok=True)
     files = {"json": str(out / "table9.json"), "csv": str(out / "table9.csv")}
     report["files"] = files
+    if not is_main_process():      # under torchrun rank 0 writes the table
+        return report
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(files["json"], lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     csv_rows = [{"dataset": r["title"], "top1": _num(r["top1"]), "best_top1": _num(r["best_top1"]),
                  "paper_mambaout_tiny": TABLE9["mambaout_tiny"][r["dataset"]],
