@@ -201,7 +201,7 @@ def test_an_image_folder_may_name_its_eval_split_test(tmp_path):
 def test_the_finegrained_recipe_is_mmpretrains_cub_recipe_at_224():
     r = finegrained_recipe()
     assert (r.opt, r.lr_base, r.lr_base_size, r.weight_decay, r.epochs, r.warmup_epochs) == ("sgd", 0.01, 64, 5e-4, 100, 5)
-    assert r.warmup_lr == pytest.approx(0.01 * r.peak_lr() / 0.01 * 0.01) and r.min_lr == 0
+    assert r.warmup_lr == pytest.approx(0.01 * r.peak_lr()) and r.min_lr == 0   # at batch 64
     assert r.peak_lr() == pytest.approx(0.01)                   # batch 64 on one process
     assert (r.mixup, r.cutmix, r.auto_augment, r.reprob, r.smoothing) == (0, 0, None, 0, 0)
     train_tf, eval_tf = recipe_transforms(replace(r, img_size=224))
@@ -361,3 +361,33 @@ def test_transfer_under_torchrun_runs_every_dataset_in_one_process_group(sets, t
     report = json.loads(r.stdout)
     assert [row["status"] for row in report["rows"]] == ["trained", "trained"]
     assert json.loads((out / "pets" / "summary.json").read_text())["world_size"] == 2
+
+
+def test_transfer_stopped_by_sigterm_resumes_when_run_again(sets, tmp_path):
+    """A SIGTERM mid-run saves last.pth and writes the partial table; the same command again
+    resumes that run (not restarts it) and trains the next dataset."""
+    import signal
+    import subprocess
+    from runs import ROOT, _run_cli, _wait_steps, env1
+    out = tmp_path / "t"
+    args = ["transfer", "--root", str(sets["cub"].path.parent), "--datasets", "cub", "pets", "--model",
+            "mambaout_femto", "--img-size", "32", "-b", "2", "--epochs", "3", "--warmup-epochs", "0", "--drop-path",
+            "0", "-j", "0", "--no-progress", "-o", str(out), "--json"]
+    p = _run_cli(args)
+    _wait_steps(out / "cub", 2, p)
+    p.send_signal(signal.SIGTERM)
+    stdout, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    first = json.loads(stdout)
+    assert [r["status"] for r in first["rows"]] == ["interrupted"] and first["pending"] == ["cub", "pets"]
+    done_before = json.loads((out / "cub" / "summary.json").read_text())["global_step"]
+    assert 2 <= done_before < 18
+    r = subprocess.run([sys.executable, "-m", "mambaout", *args], env=env1(), cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    assert [row["status"] for row in report["rows"]] == ["resumed", "trained"]
+    steps = [int(line.split(",")[0]) for line in (out / "cub" / "steps.csv").read_text().splitlines()[1:]]
+    total = json.loads((out / "cub" / "summary.json").read_text())["total_updates"]
+    assert steps == list(range(1, total + 1)) and total == 18   # 3 epochs x 6 updates, each logged once
+    assert "resuming" in r.stderr

@@ -154,8 +154,8 @@ def finegrained_recipe() -> Recipe:
     Neither MambaOut nor VMamba published theirs; this is mmpretrain's CUB-200-2011 recipe
     (configs/_base_/schedules/cub_bs64.py and datasets/cub_bs8_448.py) at 224 px: SGD with
     Nesterov momentum 0.9 (timm's "sgd"), lr 0.01 at a batch of 64 scaled linearly, weight
-    decay 5e-4, 100 epochs, 5 of linear warmup from 0.01 x lr, cosine to 0; training: resize
-    both sides to 256 (mmcv's Resize(scale=600) at 448 px, scaled by 224 / 448 -> 300; we use
+    decay 5e-4, 100 epochs, 5 of linear warmup from 1e-4 (0.01 x lr at batch 64, fixed), cosine
+    to 0; training: resize both sides to 256 (mmcv's Resize(scale=600) at 448 px, scaled by 224 / 448 -> 300; we use
     the usual 256 = 224 / 0.875), a random 224 crop, horizontal flip; test: the same resize, a
     centre crop; bilinear; plain cross entropy (no smoothing, Mixup, CutMix, RandAugment or
     erasing). Two differences from mmpretrain: no weight decay on norms, biases and layer
