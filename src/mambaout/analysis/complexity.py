@@ -246,17 +246,20 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def count_macs(model: nn.Module, img_size=224, in_chans: Optional[int] = None,
-               batch_size: int = 1, convention: str = "fvcore") -> int:
+               batch_size: int = 1, convention: str = "fvcore", num_frames: Optional[int] = None) -> int:
     """MACs of one eval-mode forward pass for a `batch_size` x in_chans x H x W input
     (img_size: int or (H, W)), on the meta device (the model is copied there, so a real
     model is untouched). convention: "fvcore" or "mmcv" (see the module docstring).
-    A model with a `forward_dummy` (the Mask R-CNN models) is counted on that pass."""
+    A model with a `forward_dummy` (the Mask R-CNN models) is counted on that pass.
+    A video model (one with a `num_frames` attribute) is counted on one clip,
+    batch_size x in_chans x T x H x W, T = num_frames (default: the model's)."""
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     in_chans = in_chans or getattr(model, "in_chans", 3)
+    frames = num_frames or getattr(model, "num_frames", None)
     meta_model = _to_meta(model)
-    x = torch.empty(batch_size, in_chans, h, w, device="meta")
+    x = torch.empty(batch_size, in_chans, *((frames,) if frames else ()), h, w, device="meta")
     by_op: Dict[str, int] = {}
     counter = MacCounter() if convention == "fvcore" else _mmcv_counter(meta_model, by_op)
     # Count the paper's formulation (Algorithm 1), not the fast path: folding the LayerNorm
@@ -282,6 +285,20 @@ def _to_meta(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def _video_views(num_frames: int, measured: dict) -> dict:
+    """A video model's numbers beyond one clip's: its clip length, the views of Table 10's test
+    protocol (2 clips x 3 crops) and the MACs of all of them (ours, and in the paper's convention
+    where the family has one), as Table 10 prints them (G, one decimal)."""
+    from ..models.registry import VIDEO_TEST_CLIPS, VIDEO_TEST_CROPS
+    views = VIDEO_TEST_CLIPS * VIDEO_TEST_CROPS
+    out = dict(num_frames=num_frames, views=views, views_macs=measured["macs"] * views,
+               views_macs_g=round_half_up(measured["macs"] * views / 1e9))
+    if "paper_convention_macs" in measured:
+        theirs = measured["paper_convention_macs"] * views
+        out.update(paper_convention_views_macs=theirs, paper_convention_views_macs_g=round_half_up(theirs / 1e9))
+    return out
+
+
 def round_half_up(value: float, digits: int = 1) -> float:
     """Round like the paper's tables: 4.486 -> 4.5, 8.95 -> 9.0 (not banker's rounding)."""
     q = Decimal(1).scaleb(-digits)
@@ -296,6 +313,9 @@ def measure(name: str, img_size=None, convention: Optional[str] = None, **model_
     like the paper's tables: one decimal, three below 1G (Table 8 prints MACs in M);
     params_m counts as the paper does (VMamba's rows: without the classifier, see
     "params_counted"), params is every parameter.
+    Video variants (registry.is_video): macs of one clip of num_frames (model_kwargs may give
+    num_frames), plus num_frames, views (Table 10's 2 clips x 3 crops), views_macs / views_macs_g
+    (all six views: what Table 10 prints) and, for VideoMamba, paper_convention_views_macs(_g).
     Segmentation models ('upernet_*'): at img_size int or (H, W) (default 512 x 2048),
     convention "mmcv" by default, params of the whole model (auxiliary head included, as
     the paper's), MACs of the eval forward (no auxiliary head); params_m and macs_g
@@ -333,6 +353,8 @@ def measure(name: str, img_size=None, convention: Optional[str] = None, **model_
             theirs = model.paper_macs(img_size)
             out.update(paper_convention=model.paper_macs_convention, paper_convention_macs=theirs,
                        paper_convention_macs_g=round_half_up(theirs / 1e9, 1 if theirs >= 1e9 else 3))
+        if getattr(model, "num_frames", None):   # a video model: one clip counted, and the test protocol
+            out.update(_video_views(model.num_frames, out))
         return out
     return {"model": name, "img_size": img_size, "convention": convention, "params": params,
             "macs": macs, "params_m": round_half_up(params / 1e6, 0),

@@ -21,11 +21,13 @@ from .illama import ILLaMA
 from .isotropic import IsotropicMambaOut, IsotropicNet
 from .local_vmamba import LocalVMamba
 from .mambaout import MambaOut
+from .mambaout_video import MambaOutVideo
 from .mask_rcnn import create_mask_rcnn
 from .registry import check_options, get_variant, model_kwargs, pretrained_cfg, split_name
 from .segmentation_variants import SEGMENTATION_VARIANTS
 from .upernet import create_upernet
 from .variants import Variant
+from .videomamba import VideoMamba
 from .vim import Vim
 from .vmamba import VMamba
 from .weights import (HUB_FILE, extract_state_dict, fetch_pretrained, fit_state_dict, hub_file, load_checkpoint,
@@ -38,7 +40,8 @@ def model_class(v: Variant):
     if v.arch == "mambaout":
         return MambaOut
     return {"mambaout_iso": IsotropicMambaOut, "isotropic": IsotropicNet, "vmamba": VMamba,
-            "local_vmamba": LocalVMamba, "efficient_vmamba": EfficientVMamba, "vim": Vim, "illama": ILLaMA}[v.arch]
+            "local_vmamba": LocalVMamba, "efficient_vmamba": EfficientVMamba, "vim": Vim, "illama": ILLaMA,
+            "videomamba": VideoMamba, "mambaout_video": MambaOutVideo}[v.arch]
 
 
 def create_model(name: str, pretrained: Optional[bool] = None, num_classes: Optional[int] = None,

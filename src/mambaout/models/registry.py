@@ -22,14 +22,33 @@ log = logging.getLogger("mambaout")
 
 
 def list_models(pattern: Optional[str] = None, pretrained: bool = False) -> List[str]:
-    """Model names, optionally filtered by a shell-style pattern ('*tiny*'). With
-    pretrained=True, list 'name.tag' for every released weight instead."""
+    """Image classification model names, optionally filtered by a shell-style pattern
+    ('*tiny*'). With pretrained=True, list 'name.tag' for every released weight instead. The
+    video models (rows of the same table, clips in) are listed by `list_video_models`."""
     names = []
     for v in VARIANTS.values():
+        if v.arch in VIDEO_ARCHS:
+            continue
         names += [f"{v.name}.{t}" for t in v.hub_tags] if pretrained else [v.name]
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
     return names
+
+
+def list_video_models(pattern: Optional[str] = None) -> List[str]:
+    """Video classification model names (Table 10: 'videomamba_tiny', 'mambaout_femto_video',
+    ...), optionally filtered like list_models."""
+    return [n for n, v in VARIANTS.items() if v.arch in VIDEO_ARCHS and (not pattern or fnmatch.fnmatch(n, pattern))]
+
+
+def is_video(name: str) -> bool:
+    """Does the classification name (tag, folder or hub name as get_variant takes them) build
+    a video model, whose input is a clip (B, C, T, H, W)? Its clip length is the model's
+    `num_frames` (the row's extra['num_frames'] unless overridden). Segmentation and detection
+    names answer False; an unknown name raises UnknownModelError."""
+    if not is_hub_name(name) and split_name(name)[0] in {**SEGMENTATION_VARIANTS, **DETECTION_VARIANTS}:
+        return False
+    return get_variant(name).arch in VIDEO_ARCHS
 
 
 def list_segmentation_models(pattern: Optional[str] = None) -> List[str]:
@@ -80,9 +99,15 @@ def unknown_model(name: str) -> UnknownModelError:
 
 FIRST_CONV = {"mambaout": "stem.conv1", "mambaout_iso": "stem.conv", "isotropic": "patch_embed.proj",
               "vmamba": "patch_embed.proj", "local_vmamba": "patch_embed.0", "efficient_vmamba": "patch_embed.0",
-              "vim": "patch_embed.proj", "illama": "patch_embed.proj"}
+              "vim": "patch_embed.proj", "illama": "patch_embed.proj", "videomamba": "patch_embed.proj",
+              "mambaout_video": "stem.conv1"}
 CLASSIFIER = {"mambaout": "head.fc", "mambaout_iso": "head.fc", "isotropic": "head", "vmamba": "head",
-              "local_vmamba": "classifier.head", "efficient_vmamba": "classifier.head", "vim": "head", "illama": "head"}
+              "local_vmamba": "classifier.head", "efficient_vmamba": "classifier.head", "vim": "head", "illama": "head",
+              "videomamba": "head", "mambaout_video": "head.fc"}
+# Families whose input is a clip (B, C, T, H, W): Table 10's video models.
+VIDEO_ARCHS = ("videomamba", "mambaout_video")
+# Table 10's test protocol, whose MACs the paper prints: 2 clips x 3 spatial crops = 6 views a video.
+VIDEO_TEST_CLIPS, VIDEO_TEST_CROPS = 2, 3
 # Families whose constructor takes one depth / width and the input size (a position embedding).
 ISOTROPIC = ("isotropic", "vim", "illama")
 # Families with per-stage depths / dims and nothing else from the MambaOut row.
@@ -126,6 +151,10 @@ def model_kwargs(v: Variant) -> dict:
                     kernel_size=v.kernel_size, conv_ratio=v.conv_ratio, ls_init_value=v.ls_init_value,
                     stem_mid_norm=v.stem_mid_norm, downsample=v.downsample, head=v.head, act=v.act,
                     stage_mixers=v.stage_mixers)
+    if v.arch == "mambaout_video":
+        return dict(depths=v.depths, dims=v.dims, expansion_ratio=v.expansion_ratio,
+                    kernel_size=v.kernel_size, conv_ratio=v.conv_ratio, ls_init_value=v.ls_init_value,
+                    stem_mid_norm=v.stem_mid_norm, downsample=v.downsample, head=v.head, act=v.act, **v.extra)
     if v.arch == "mambaout_iso":
         return dict(depth=v.depths[0], dim=v.dims[0], expansion_ratio=v.expansion_ratio,
                     kernel_size=v.kernel_size, **v.extra)

@@ -14,7 +14,8 @@ mixer (isotropic.py); and "vmamba", VMamba v0, the vision Mamba of the main
 comparison (vmamba.py); and the other comparators: "local_vmamba", "efficient_vmamba"
 (hierarchical, ``depths`` / ``dims`` per stage), "vim" and "illama" (isotropic). For the
 isotropic ones ``depths`` and ``dims`` hold one entry and ``extra`` the constructor arguments
-the hierarchical model does not have.
+the hierarchical model does not have. The video models of Table 10 (clips in, not images):
+"videomamba" (isotropic) and "mambaout_video" (the MambaOut row's fields plus ``extra``).
 """
 from __future__ import annotations
 
@@ -191,5 +192,26 @@ for _v in [
             extra={"patch_size": 16, "num_heads": 3, "causal": True},
             paper_params_m=5.7, paper_macs_g=1.3, paper_top1=75.0, source="Table 11",
             official_url="https://huggingface.co/techmonsterwang/iLLaMA/resolve/main/illama-tiny-in1k-75.0.pth"),
+]:
+    VARIANTS[_v.name] = _v
+
+# Table 10, video (Something-Something V2, 174 classes; registry.VIDEO_ARCHS): clips of 8 frames
+# at 224. The paper's numbers are of the whole test protocol (2 clips x 3 crops) and live in
+# paper_tables.py, not on these rows (whose paper_* fields are ImageNet's). VideoMamba-Ti
+# (videomamba.py: the official SSV2 run's drop path 0.1); MambaOut-Femto on clips
+# (mambaout_video.py: kt = 3 depthwise conv over time in stages 2-4, the design the MACs budget
+# fixes) and its frame-averaging baseline (every conv frame by frame); the paper gives no drop
+# path for it: the comparison's SSV2 value.
+_SSV2 = dict(num_classes=174, source="Table 10")
+_FEMTO = dict(depths=(3, 3, 9, 3), dims=(48, 96, 192, 288), drop_path=0.1)   # VideoMamba-Ti's SSV2 value
+for _v in [
+    Variant("videomamba_tiny", (24,), (192,), arch="videomamba", drop_path=0.1,
+            extra={"patch_size": 16, "num_frames": 8},
+            official_url="https://huggingface.co/OpenGVLab/VideoMamba/resolve/main/videomamba_t16_ssv2_f8_res224.pth",
+            **_SSV2),
+    Variant("mambaout_femto_video", **_FEMTO, arch="mambaout_video",
+            extra={"temporal_kernels": (1, 3, 3, 3), "num_frames": 8}, **_SSV2),
+    Variant("mambaout_femto_frames", **_FEMTO, arch="mambaout_video",
+            extra={"temporal_kernels": (1, 1, 1, 1), "num_frames": 8}, **_SSV2),
 ]:
     VARIANTS[_v.name] = _v
