@@ -43,6 +43,16 @@ def test_video_presets():
     assert not _row("kinetics-16x224-t2")["long_sequence"]
 
 
+def test_ssv2_presets_are_table_10s_clips():
+    """8 frames of 196 tokens: 1,568 > 6 x 192 for VideoMamba-Ti and Femto's stage 3 (long, the
+    SSM's side of Hypothesis 2); Femto's stage 4 (392 tokens, D=288) stays short."""
+    for name in ("ssv2-8x224-videomamba-ti", "ssv2-8x224-femto-s3"):
+        r = _row(name)
+        assert (r["tokens"], r["dim"], r["long_sequence"]) == (8 * 196, 192, True)
+    r = _row("ssv2-8x224-femto-s4")
+    assert (r["tokens"], r["long_sequence"]) == (8 * 49, False)
+
+
 # ---- the formulas ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("L,D", [(1, 1), (196, 384), (4150, 384), (3136, 96), (777, 1024)])

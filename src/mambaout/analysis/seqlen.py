@@ -58,6 +58,13 @@ PRESETS: Dict[str, Setting] = {p.name: p for p in [
             note="Kinetics-400 video, 16 frames at 224, 1x16x16 patches (VideoMamba-S's setup)"),
     Setting("kinetics-16x224-t2", 224, 224, 16, 384, frames=16, tubelet=2,
             note="the same clip in 2x16x16 tubelets (VideoMAE / ViViT style)"),
+    # Something-Something V2 as Table 10 runs it: 8 frames at 224, 196 tokens a frame = 1,568.
+    Setting("ssv2-8x224-videomamba-ti", 224, 224, 16, 192, frames=8, tubelet=1,
+            note="SSV2, 8 frames at 224, VideoMamba-Ti (D=192, 1x16x16 patches; Table 10): long, as Hypothesis 2 says"),
+    Setting("ssv2-8x224-femto-s3", 224, 224, 16, 192, frames=8, tubelet=1,
+            note="SSV2, 8 frames at 224, MambaOut-Femto's stage 3 (stride 16, D=192) mixing over the whole clip"),
+    Setting("ssv2-8x224-femto-s4", 224, 224, 32, 288, frames=8, tubelet=1,
+            note="SSV2, 8 frames at 224, MambaOut-Femto's stage 4 (stride 32, D=288)"),
     # VMamba-T's stage 3 (stride 16, width 384, 9 of its 15 blocks) on the inputs of the paper's
     # comparisons: ImageNet, UperNet on ADE20K, Mask R-CNN at the FLOPs size 1280 x 800.
     Setting("vmamba-t-imagenet-224", 224, 224, 16, 384,

@@ -2,7 +2,8 @@
 
 One module per command group, each parsing its flags, calling one library function and
 printing the report: classify.py (train, transfer, validate, predict, cam, demo, export, convert),
-segment.py (`mambaout segment ...`), detect.py (`mambaout detect ...`), tools.py (models,
+segment.py (`mambaout segment ...`), detect.py (`mambaout detect ...`), video.py
+(`mambaout video ...`), tools.py (models,
 complexity, benchmark, seqlen, study, erf). flags.py generates the training commands' recipe flags
 from the recipe dataclasses; common.py holds what the command modules share."""
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from typing import List, Optional
 
 from ..errors import MambaOutError, TrainingDiverged
-from . import classify, detect, segment, tools
+from . import classify, detect, segment, tools, video
 from .classify import (RECIPE_FLAGS, TRAIN_FLAGS, cmd_cam, cmd_convert, cmd_demo, cmd_export, cmd_predict,
                        cmd_train, cmd_validate, recipe_changes, recipe_from_args)
 from .common import _Parser, img_size_arg
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_convert_parser(sub)
     segment.add_segment_parser(sub)
     detect.add_detect_parser(sub)
+    video.add_video_parser(sub)
     tools.add_study_parser(sub)
     tools.add_seqlen_parser(sub)
     tools.add_erf_parser(sub)

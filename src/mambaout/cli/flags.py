@@ -37,7 +37,8 @@ def _value_type(tp) -> Tuple[Any, Any]:
     """(argparse type, nargs) of a field type: Optional[X] as X, Tuple[X, X] as two values,
     Tuple[X, ...] as one or more; str is argparse's default (no type)."""
     args = typing.get_args(tp)
-    if typing.get_origin(tp) is Union and type(None) in args:
+    optional = typing.get_origin(tp) is Union and type(None) in args
+    if optional:
         (tp,) = [a for a in args if a is not type(None)]
         args = typing.get_args(tp)
     nargs = None
@@ -46,7 +47,20 @@ def _value_type(tp) -> Tuple[Any, Any]:
         tp = args[0]
     if tp not in (int, float, str):
         raise TypeError(f"no flag for a field of type {tp!r}")
+    if optional and tp is not str and nargs is None:
+        return _or_none(tp), nargs
     return (None if tp is str else tp), nargs
+
+
+def _or_none(tp):
+    """An argparse type for an optional number: the number, or "none" (the field set to None)."""
+    def parse(text: str):
+        return NONE if text.strip().lower() == "none" else tp(text)
+    parse.__name__ = tp.__name__      # argparse's "invalid float value" names the type
+    return parse
+
+
+NONE = "none"    # what an optional number's flag holds for "none"; given() turns it into None
 
 
 class RecipeFlags:
@@ -110,7 +124,8 @@ class RecipeFlags:
     def given(self, args) -> dict:
         """The recipe fields the command line sets: each value flag not left at None (lists as
         tuples), then each switch given (the field's default turned around)."""
-        values = {name: tuple(v) if isinstance(v, list) else v for flag, name in self.flags.items()
+        values = {name: tuple(v) if isinstance(v, list) else None if v is NONE else v
+                  for flag, name in self.flags.items()
                   if self.hints[name] is not bool and (v := getattr(args, flag, None)) is not None}
         switches = {name: not self.fields[name].default for flag, name in self.flags.items()
                     if self.hints[name] is bool and getattr(args, flag, False)}

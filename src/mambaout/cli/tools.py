@@ -84,11 +84,13 @@ def paper_rows() -> list:
                 paper = (None, None, None)
             own = table.numbers.get(name, (None, None, None))
             paper = tuple(o if o is not None else p for o, p in zip(own, paper))
-            other_input = own[1] is not None        # the table's MACs are of another input (a video clip)
+            # a video model's MACs as the table counts them: the test protocol's views of a video
+            views = "views_macs_g" in m
             rows.append(dict(table=table.key, title=table.title, metric=table.metric, model=name, built=v is not None,
                              paper_params_m=paper[0], paper_macs_g=paper[1], paper_score=paper[2],
-                             params_m=m.get("params_m"), macs_g=None if other_input else m.get("macs_g"),
-                             paper_convention_macs_g=None if other_input else m.get("paper_convention_macs_g"),
+                             params_m=m.get("params_m"), macs_g=m.get("views_macs_g" if views else "macs_g"),
+                             paper_convention_macs_g=m.get("paper_convention_views_macs_g" if views
+                                                           else "paper_convention_macs_g"),
                              convention=m.get("convention"), params_counted=m.get("params_counted", "all"),
                              img_size=m.get("img_size")))
     return rows
@@ -133,6 +135,7 @@ def cmd_models(args) -> int:
     task = args.task or ("classification" if args.json else "all")
     names = list_models(args.pattern) if task in ("classification", "all") else []
     dense = {t: dense_rows(t, args.pattern) for t in DENSE_TABLES if task in (t, "all")}
+    video = video_rows(args.pattern) if task in ("video", "all") else []
     rows = []
     for name in names:
         v = VARIANTS[name]
@@ -145,12 +148,13 @@ def cmd_models(args) -> int:
                          macs_g=m["macs_g"], img_size=m["img_size"],
                          weights=[f"{name}.{t}" for t in v.hub_tags], source=v.source))
     if args.json:
-        print(json.dumps(rows + [r for t in dense for r in dense[t]], indent=2))
+        print(json.dumps(rows + [r for t in dense for r in dense[t]] + video, indent=2))
         return 0
     if not rows:
         for t, dense_table in dense.items():
             if dense_table:
                 _print_dense_rows(t, dense_table)
+        _print_video_rows(video)
         return 0
     head = (f"{'model':<24}{'depths':<16}{'dims':<22}{'size':>5}{'paper P(M)':>11}{'P(M)':>8}"
             f"{'paper MACs(G)':>15}{'MACs(G)':>9}{'paper top-1':>13}  {'source':<18}weights")
@@ -166,7 +170,42 @@ def cmd_models(args) -> int:
     for t, dense_table in dense.items():
         if dense_table:
             _print_dense_rows(t, dense_table)
+    _print_video_rows(video)
     return 0
+
+
+def video_rows(pattern=None) -> list:
+    """`models --task video`: each video model with its params and MACs of one view and of the
+    test protocol's views (ours, and in the family's own convention), Table 10's numbers beside."""
+    from ..analysis.complexity import measure
+    from ..models import VARIANTS, list_video_models
+    from ..models.paper_tables import PAPER_TABLES
+    table10 = next(t for t in PAPER_TABLES if t.key == "table10").numbers
+    rows = []
+    for name in list_video_models(pattern):
+        m, v = measure(name), VARIANTS[name]
+        paper = table10.get(name, (None, None, None))
+        rows.append(dict(model=name, task="video", num_frames=m["num_frames"], img_size=m["img_size"], views=m["views"],
+                         params=m["params"], params_m=m["params_m"], macs_view_g=m["macs_g"],
+                         macs_views_g=m["views_macs_g"], paper_convention_macs_views_g=m.get("paper_convention_views_macs_g"),
+                         paper_params_m=paper[0], paper_macs_g=paper[1], paper_top1=paper[2], source=v.source))
+    return rows
+
+
+def _print_video_rows(rows) -> None:
+    if not rows:
+        return
+    head = (f"{'video model':<24}{'clip':>10}{'views':>6}{'paper P(M)':>11}{'P(M)':>7}{'MACs/view(G)':>13}"
+            f"{'paper MACs(G)':>14}{'MACs(G)':>9}{'own conv.(G)':>13}{'paper SSV2':>11}")
+    print("\nVideo (Table 10: Something-Something V2; MACs of a video = views x one view, the paper's 2 clips x 3 "
+          "crops; 'own conv.': the family's own counting convention)")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        clip = f"{r['num_frames']}x{r['img_size']}"
+        print(f"{r['model']:<24}{clip:>10}{r['views']:>6}{_fmt(r['paper_params_m'], 0):>11}{r['params_m']:>7.1f}"
+              f"{r['macs_view_g']:>13.2f}{_fmt(r['paper_macs_g'], 0):>14}{r['macs_views_g']:>9.1f}"
+              f"{_fmt(r['paper_convention_macs_views_g']):>13}{_fmt(r['paper_top1']):>11}")
 
 
 def cmd_complexity(args) -> int:
@@ -307,7 +346,7 @@ def add_models_parser(sub):
     s = sub.add_parser("models", help="the variant table: paper vs measured params/MACs")
     s.add_argument("pattern", nargs="?", help="shell-style filter, e.g. '*base*'")
     s.add_argument("--img-size", type=int, help="default: each model's own (224; 32 for study_*)")
-    s.add_argument("--task", choices=["classification", "segmentation", "detection", "all"],
+    s.add_argument("--task", choices=["classification", "segmentation", "detection", "video", "all"],
                    help="which tables (default: all; with --json the classification rows only)")
     s.add_argument("--paper", action="store_true",
                    help="every model the paper's tables cite, grouped by table: the paper's numbers and ours")

@@ -8,9 +8,16 @@ from ..errors import MambaOutError
 
 def build_optimizer(model: nn.Module, recipe, lr: float):
     """recipe.opt through timm (AdamW for every paper recipe), no weight decay on 1-d
-    parameters (norms, biases, layer scale)."""
+    parameters (norms, biases, layer scale) nor on what the model's no_weight_decay() names;
+    layer-wise lr decay where the recipe has a `layer_decay` (timm's, by the model's
+    group_matcher: the video recipe, as VideoMamba fine-tunes)."""
     from timm.optim import create_optimizer_v2
     kw = dict(eps=recipe.opt_eps, betas=tuple(recipe.opt_betas)) if "adam" in recipe.opt.lower() else {}
+    layer_decay = getattr(recipe, "layer_decay", None)
+    if layer_decay is not None:
+        if not hasattr(model, "group_matcher"):
+            raise MambaOutError(f"{type(model).__name__} has no layer groups for --layer-decay: pass --layer-decay none")
+        kw["layer_decay"] = layer_decay
     return create_optimizer_v2(model, opt=recipe.opt, lr=lr, weight_decay=recipe.weight_decay, **kw)
 
 

@@ -1,7 +1,8 @@
-"""The tasks: classification, segmentation, detection. Each has one package (recipe, data,
+"""The tasks: classification, segmentation, detection, video. Each has one package (recipe, data,
 task = the engine's seam, metrics, predict); the CLI's command group of each is below."""
 
-COMMANDS = {"classification": "mambaout", "segmentation": "mambaout segment", "detection": "mambaout detect"}
+COMMANDS = {"classification": "mambaout", "segmentation": "mambaout segment", "detection": "mambaout detect",
+            "video": "mambaout video"}
 
 
 def task_command(task: str) -> str:
