@@ -284,6 +284,12 @@ def cmd_benchmark(args) -> int:
                 line += (f" (bf16 / fp32 = {peaks['bf16'] / peaks['fp32']:.2f}x: the most a GEMM-bound "
                          "forward gains from bf16 on this CPU)")
             print(line)
+        bounds = {(r["model"], r["row_precision"]): r for r in records
+                  if (r["impl"] == "mambaout" or r["impl"].startswith("mambaout:")) and r.get("gemm_only_ms")}
+        for (model, precision), r in bounds.items():
+            print(f"GEMM-only bound, {model} {precision}: its own GEMMs alone take {r['gemm_only_ms']:.1f} ms per "
+                      f"batch ({r['gemm_only_img_per_s']:.1f} img/s); this forward runs at "
+                      f"{100 * r['share_of_gemm_only']:.0f}% of that rate")
     return 0
 
 
@@ -367,9 +373,10 @@ def add_complexity_parser(sub):
 def add_benchmark_parser(sub):
     s = sub.add_parser("benchmark", help="throughput vs timm (interleaved, median of repeats)")
     s.add_argument("--model", nargs="+", default=["mambaout_tiny"])
-    s.add_argument("--compare", action="append", choices=["timm", "reference", "vmamba", "local_vmamba",
+    s.add_argument("--compare", action="append", choices=["timm", "reference", "openvino", "vmamba", "local_vmamba",
                                                           "efficient_vmamba", "vim", "illama"],
-                   help="also run timm's implementation (+ convnext_tiny), our reference block, or the "
+                   help="also run timm's implementation (+ convnext_tiny), our reference block, ours compiled by "
+                        "OpenVINO (same precision, CPU inference), or the "
                         "comparator the paper pairs with each MambaOut model (vmamba: Table 4's VMamba-T/S/B; "
                         "local_vmamba, efficient_vmamba, vim, illama: the main table's / Table 5's; the "
                         "Table 4 layout is printed)")
@@ -379,10 +386,12 @@ def add_benchmark_parser(sub):
     s.add_argument("--device", default="cpu")
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
                    help="bf16: ours with bf16 weights and under autocast, timm under autocast; fp16: autocast; "
-                        "int8: ours quantized (needs --backend onnxruntime), timm fp32; ours also runs fp32")
+                        "int8: ours quantized (needs --backend onnxruntime or openvino), timm fp32; ours also runs fp32")
     s.add_argument("--channels-last", action="store_true")
     s.add_argument("--torchcompile", "--compile", dest="torchcompile", action="store_true")
-    s.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    s.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino"],
+                   help="onnxruntime / openvino: every row exported to ONNX and run by that runtime (CPU "
+                        "inference; int8 rows quantized by `export --quantize int8`'s quantizer)")
     s.add_argument("--warmup", type=int, default=2)
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--iters", type=int, default=1, help="timed steps per repeat")

@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -44,7 +44,7 @@ class Settings:
     precision: str = "fp32"           # fp32 | bf16 | fp16 | int8 (see the module doc)
     channels_last: bool = False
     compile: bool = False
-    backend: str = "torch"            # torch | onnxruntime (inference only)
+    backend: str = "torch"            # torch | onnxruntime | openvino (the last two: CPU inference only)
     warmup: int = 2
     repeats: int = 5
     iters: int = 1
@@ -59,6 +59,7 @@ class Impl:
     model: nn.Module
     precision: str = "fp32"           # fp32 | bf16 (bf16 weights) | bf16-autocast | fp16-autocast | int8
     ours: Optional[str] = None        # the MambaOut variant this row is compared with (default model_name)
+    backend: Optional[str] = None     # None: the run's (Settings.backend); "openvino" for --compare openvino
 
 
 # Table 4 of the paper (RTX 4090, fp16, PyTorch 2.3): (train, infer) img/s of each size.
@@ -76,7 +77,8 @@ COMPARE_PAIRS = {
     "illama": {"mambaout_femto": "illama_tiny"},
 }
 VMAMBA_PAIR = COMPARE_PAIRS["vmamba"]
-COMPARE_CHOICES = ("timm", "reference") + tuple(COMPARE_PAIRS)
+COMPARE_CHOICES = ("timm", "reference", "openvino") + tuple(COMPARE_PAIRS)
+RUNTIMES = ("onnxruntime", "openvino")
 
 
 def _amp_dtype(precision):
@@ -90,6 +92,8 @@ def row_precisions(s: Settings) -> Dict[str, str]:
     if s.precision == "int8":
         return {"ours": "int8", "others": "fp32"}
     auto = f"{s.precision}-autocast"
+    if s.backend == "openvino":  # OpenVINO's bf16 inference precision for every row
+        return {"ours": s.precision, "others": s.precision}
     weights = s.precision == "bf16" and s.mode == "infer" and s.device == "cpu" and s.backend == "torch"
     return {"ours": "bf16" if weights else auto, "others": auto}
 
@@ -101,7 +105,8 @@ def build_impls(model_name: str, compare: List[str], s: Settings, yardstick: boo
     prec = row_precisions(s)
     impls = [Impl("mambaout", name, ours, prec["ours"])]
     if s.precision != "fp32":  # ours in fp32 (and, for bf16 weights, under autocast) in the same loop
-        twins = [("mambaout:fp32", "fp32")] + ([("mambaout:autocast", "bf16-autocast")] if prec["ours"] == "bf16" else [])
+        autocast = prec["ours"] == "bf16" and s.backend == "torch"
+        twins = [("mambaout:fp32", "fp32")] + ([("mambaout:autocast", "bf16-autocast")] if autocast else [])
         for label, precision in twins:
             twin = create_model(name, img_size=s.img_size)
             twin.load_state_dict(ours.state_dict())
@@ -118,6 +123,13 @@ def build_impls(model_name: str, compare: List[str], s: Settings, yardstick: boo
             if yardstick:
                 impls.append(Impl("timm:convnext_tiny", "convnext_tiny", timm.create_model("convnext_tiny"),
                                   prec["others"]))
+        elif c == "openvino":  # ours compiled by OpenVINO at the run's precision, beside ours in torch
+            if s.backend != "torch" or s.mode != "infer" or s.device != "cpu":
+                raise MambaOutError("--compare openvino adds ours through OpenVINO to a torch run of CPU "
+                                    "inference; for OpenVINO alone use --backend openvino")
+            twin = create_model(name, img_size=s.img_size)
+            twin.load_state_dict(ours.state_dict())
+            impls.append(Impl("openvino", name, twin, "bf16" if s.precision == "bf16" else "fp32", backend="openvino"))
         elif c == "reference":
             ref = create_model(name, img_size=s.img_size)
             ref.load_state_dict(ours.state_dict())
@@ -143,21 +155,20 @@ def _step_fn(impl: Impl, s: Settings, device: torch.device, tmpdir: Path) -> Cal
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     amp = _amp_dtype(impl.precision)
-    if s.backend == "onnxruntime":
+    backend = impl.backend or s.backend
+    if backend in RUNTIMES:
         if s.mode != "infer" or device.type != "cpu":
-            raise MambaOutError("the onnxruntime backend measures CPU inference only")
+            raise MambaOutError(f"the {backend} backend measures CPU inference only")
+        path = _exported(impl, model, s, tmpdir)
+        threads = s.threads or torch.get_num_threads()
+        batch = x.cpu().numpy()
+        if backend == "openvino":
+            from ..models.openvino import openvino_runner
+            infer = openvino_runner(path, impl.precision, threads)
+            return lambda: infer(batch)
         from ..models.onnx import onnx_session
-        from .export import export_onnx
-        path = tmpdir / f"{impl.name.replace(':', '_')}.onnx"
-        export_onnx(model.eval(), path, s.img_size)
-        if impl.precision == "int8":
-            from .quantize import quantize_int8
-            # calibrated on random inputs: the speed of int8 kernels does not depend on the ranges
-            calib = [torch.randn(4, 3, s.img_size, s.img_size, generator=torch.Generator().manual_seed(i)).numpy()
-                     for i in range(2)]
-            path = quantize_int8(path, tmpdir / f"{impl.name.replace(':', '_')}.int8.onnx", calib)
-        sess = onnx_session(path, s.threads or torch.get_num_threads())
-        feed = {"input": x.cpu().numpy()}
+        sess = onnx_session(path, threads)
+        feed = {"input": batch}
         return lambda: sess.run(None, feed)
     if impl.precision == "bf16":
         model = model.to(torch.bfloat16)
@@ -185,6 +196,20 @@ def _step_fn(impl: Impl, s: Settings, device: torch.device, tmpdir: Path) -> Cal
     return train_step
 
 
+def _exported(impl: Impl, model: nn.Module, s: Settings, tmpdir: Path) -> Path:
+    """The row's model exported to ONNX (and, for int8, quantized to QDQ) for a runtime backend."""
+    from .export import export_onnx
+    path = tmpdir / f"{impl.name.replace(':', '_')}.onnx"
+    export_onnx(model.eval(), path, s.img_size)
+    if impl.precision != "int8":
+        return path
+    from .quantize import quantize_int8
+    # calibrated on random inputs: the speed of int8 kernels does not depend on the ranges
+    calib = [torch.randn(4, 3, s.img_size, s.img_size, generator=torch.Generator().manual_seed(i)).numpy()
+             for i in range(2)]
+    return quantize_int8(path, tmpdir / f"{impl.name.replace(':', '_')}.int8.onnx", calib)
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -198,10 +223,15 @@ def run(models: List[str], compare: List[str], s: Settings) -> List[Dict]:
         raise MambaOutError(f"mode must be infer or train, got {s.mode!r}")
     if s.precision not in ("fp32", "bf16", "fp16", "int8"):
         raise MambaOutError(f"precision must be fp32, bf16, fp16 or int8, got {s.precision!r}")
-    if s.precision == "int8" and s.backend != "onnxruntime":
-        raise MambaOutError("int8 runs through ONNX Runtime's quantized kernels: add --backend onnxruntime")
+    if s.backend not in ("torch",) + RUNTIMES:
+        raise MambaOutError(f"backend must be torch, {' or '.join(RUNTIMES)}, got {s.backend!r}")
+    if s.precision == "int8" and s.backend not in RUNTIMES:
+        raise MambaOutError("int8 runs through a runtime's quantized kernels: add --backend onnxruntime "
+                            "or --backend openvino")
     if s.backend == "onnxruntime" and s.precision in ("bf16", "fp16"):
         raise MambaOutError("the onnxruntime backend measures fp32 and int8")
+    if s.backend == "openvino" and s.precision == "fp16":
+        raise MambaOutError("the openvino backend measures fp32, bf16 and int8")
     device = torch.device(s.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MambaOutError("--device cuda requested but no CUDA device is available")
@@ -233,7 +263,7 @@ def run(models: List[str], compare: List[str], s: Settings) -> List[Dict]:
                 times[id(im)].append((time.perf_counter() - t0) / s.iters)
                 if device.type == "cuda":
                     peak_mem[id(im)] = max(peak_mem.get(id(im), 0), torch.cuda.max_memory_allocated())
-        gemm_peaks = {}
+        gemm_peaks, bounds = {}, {}
         for im in impls:
             step = statistics.median(times[id(im)])
             ips = s.batch_size / step
@@ -246,14 +276,22 @@ def run(models: List[str], compare: List[str], s: Settings) -> List[Dict]:
                 if dtype not in gemm_peaks:
                     gemm_peaks[dtype] = gemm_peak_gflops(dtype)
                 peak_tflops = gemm_peaks[dtype] / 1000
+            bound_ms = None
+            if device.type == "cpu" and s.mode == "infer" and dtype in ("fp32", "bf16"):
+                if (im.model_name, dtype) not in bounds:
+                    bounds[(im.model_name, dtype)] = gemm_only_ms(model_gemms(im.model, s.img_size, s.batch_size), dtype)
+                bound_ms = bounds[(im.model_name, dtype)]
             rec = dict(model=im.model_name, impl=im.name, ours=im.ours or im.model_name, **{k: v for k, v in asdict(s).items()
-                                                              if k not in ("warmup", "peak_tflops", "threads")},
-                       row_precision=im.precision,
+                                                              if k not in ("warmup", "peak_tflops", "threads", "backend")},
+                       row_precision=im.precision, backend=im.backend or s.backend,
                        img_per_s=round(ips, 2), step_ms=round(1000 * step, 2),
                        step_ms_min=round(1000 * min(times[id(im)]), 2),
                        step_ms_max=round(1000 * max(times[id(im)]), 2),
                        gmacs_per_img=round(macs / 1e9, 3),
                        mfu=round(flops / (peak_tflops * 1e12), 4) if peak_tflops else None,
+                       gemm_only_ms=round(bound_ms, 2) if bound_ms else None,
+                       gemm_only_img_per_s=round(s.batch_size / bound_ms * 1000, 2) if bound_ms else None,
+                       share_of_gemm_only=round(bound_ms / (1000 * step), 4) if bound_ms else None,
                        peak_gflops=round(1000 * peak_tflops, 1) if peak_tflops else None,
                        peak_source=("given" if s.peak_tflops else "datasheet" if device.type == "cuda"
                                     else "measured GEMM") if peak_tflops else None,
@@ -290,6 +328,7 @@ def _add_ratios(records):
         r["ratio"] = round(o["img_per_s"] / r["img_per_s"], 3)
         key = {"timm": "ratio_vs_timm", "reference": "ratio_vs_reference", "mambaout:fp32": "ratio_vs_fp32",
                "mambaout:autocast": "ratio_vs_autocast", "timm:convnext_tiny": "ratio_vs_convnext_tiny",
+               "openvino": "ratio_vs_openvino",
                **{c: f"ratio_vs_{c}" for c in COMPARE_PAIRS}}[r["impl"]]
         o[key] = r["ratio"]
 
@@ -375,6 +414,70 @@ def gemm_peak_gflops(dtype: str = "fp32", repeats: int = 5, shapes=PEAK_SHAPES) 
     return best
 
 
+def model_gemms(model: nn.Module, img_size: int, batch_size: int) -> Dict[Tuple[int, int, int], int]:
+    """{(M, K, N): count} of the GEMMs one forward of `model` runs at `batch_size`, as our inference
+    plan runs them: each Gated CNN block's fc1 as its row blocks (gate, identity, conv) and fc2 as its
+    two column blocks (fast.py), plus every other nn.Linear (the head). Convolutions (stem, the
+    depthwise convs, downsampling) are not GEMMs here. Shapes come from one forward at batch 1."""
+    seen: List[Tuple[nn.Module, Tuple[int, ...]]] = []
+    blocks = [m for m in model.modules() if hasattr(m, "split_indices")]
+    inside = {id(l) for b in blocks for l in b.modules() if isinstance(l, nn.Linear)}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append((mod, tuple(args[0].shape))))
+             for m in model.modules() if m in blocks or (isinstance(m, nn.Linear) and id(m) not in inside)]
+    p = next(model.parameters())
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, img_size, img_size, dtype=p.dtype, device=p.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    gemms: Dict[Tuple[int, int, int], int] = {}
+
+    def add(m, k, n):
+        if m and k and n:
+            gemms[(m, k, n)] = gemms.get((m, k, n), 0) + 1
+    for mod, shape in seen:
+        rows = batch_size * (int(torch.tensor(shape[:-1]).prod()) if len(shape) > 1 else 1)
+        if isinstance(mod, nn.Linear):
+            add(rows, mod.in_features, mod.out_features)
+            continue
+        hidden, ident, cc = mod.split_indices
+        c = shape[-1]
+        for k, n in ((c, ident), (c, ident), (c, cc), (c, cc), (ident, c), (cc, c)):
+            add(rows, k, n)                      # gate and identity, gate and conv; fc2's two halves
+    return gemms
+
+
+def gemm_only_ms(gemms: Dict[Tuple[int, int, int], int], dtype: str = "fp32", repeats: int = 5) -> float:
+    """The time (ms) these GEMMs alone take here: per shape, the faster of oneDNN's linear with its
+    weight prepacked (as our plan runs it) and torch.mm into a preallocated output (no allocation,
+    no page faults), median of `repeats`; times its count, summed. A forward of the model cannot be
+    faster than this unless it does fewer FLOPs: the benchmark reports each row's share of it."""
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    onednn = torch.backends.mkldnn.is_available() and (
+        dt == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    total = 0.0
+    with torch.inference_mode():
+        for (m, k, n), count in gemms.items():
+            a, w = torch.randn(m, k, dtype=dt), torch.randn(n, k, dtype=dt)
+            out = torch.empty(m, n, dtype=dt)
+            candidates = [lambda: torch.mm(a, w.t(), out=out)]
+            if onednn:
+                packed = torch.ops.mkldnn._reorder_linear_weight(w)
+                candidates.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
+            best = float("inf")
+            for product in candidates:
+                product()
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    product()
+                    times.append(time.perf_counter() - t0)
+                best = min(best, statistics.median(times))
+            total += count * best
+    return 1000 * total
+
+
 def _device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -401,15 +504,20 @@ def _peak_tflops(device, precision):
 
 
 def format_table(records: List[Dict]) -> str:
-    """MFU: share of the device's peak; on a CPU, of the GEMM peak measured here for that dtype."""
+    """MFU: share of the device's peak; on a CPU, of the GEMM peak measured here for that dtype.
+    of GEMM-only: the model's GEMMs alone at their own shapes (gemm_only_ms) / the row's step time."""
     head = (f"{'model':<22}{'impl':<20}{'precision':<15}{'mode':<7}{'img/s':>9}{'step ms':>10}{'ours/this':>11}"
-            f"{'MFU':>7}")
+            f"{'MFU':>7}{'of GEMM-only':>14}")
     lines = [head, "-" * len(head)]
     for r in records:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        lines.append(f"{r['model']:<22}{r['impl']:<20}{r.get('row_precision', r['precision']):<15}{r['mode']:<7}"
-                     f"{r['img_per_s']:>9.1f}{r['step_ms']:>10.1f}{ratio:>11}{mfu:>7}")
+        share = "-" if not r.get("share_of_gemm_only") else f"{100 * r['share_of_gemm_only']:.1f}%"
+        precision = r.get("row_precision", r["precision"])
+        if r.get("backend") not in (None, "torch"):
+            precision = f"{precision} {r['backend'].replace('onnxruntime', 'ort')}"
+        lines.append(f"{r['model']:<22}{r['impl']:<20}{precision:<15}{r['mode']:<7}"
+                     f"{r['img_per_s']:>9.1f}{r['step_ms']:>10.1f}{ratio:>11}{mfu:>7}{share:>14}")
     return "\n".join(lines)
 
 
