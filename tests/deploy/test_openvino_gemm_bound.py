@@ -67,6 +67,8 @@ def test_benchmark_reports_the_gemm_only_bound(capsys):
     assert infer["gemm_only_ms"] > 0 and infer["share_of_gemm_only"] == pytest.approx(
         infer["gemm_only_ms"] / infer["step_ms"], rel=0.02)
     assert infer["gemm_only_img_per_s"] == pytest.approx(2000 / infer["gemm_only_ms"], rel=0.02)
+    assert infer["share_of_dense_only"] == pytest.approx(
+        (infer["gemm_only_ms"] + infer["dense_convs_ms"]) / infer["step_ms"], rel=0.02)
     assert train["gemm_only_ms"] is None and train["share_of_gemm_only"] is None
 
 
@@ -145,3 +147,14 @@ def test_openvino_rejects_a_corrupt_file(tmp_path):
         openvino_compile(tmp_path / "missing.onnx", "fp32")
     with pytest.raises(MambaOutError, match="precision must be one of"):
         openvino_compile(bad, "fp16")
+
+
+def test_dense_convs_are_the_stem_and_downsampling():
+    model = mambaout.create_model("mambaout_femto").eval()
+    convs = bench.model_dense_convs(model, img_size=64, batch_size=2)
+    dense = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
+    assert sum(convs.values()) == len(dense) == 2 + 3          # stem conv1, conv2; three downsamplings
+    first = (2, 3, 64, 64, model.stem.conv1.out_channels, model.stem.conv1.kernel_size,
+             model.stem.conv1.stride, model.stem.conv1.padding)
+    assert convs[first] == 1
+    assert bench.conv_only_ms(convs, "fp32", repeats=1) > 0

@@ -289,7 +289,8 @@ def cmd_benchmark(args) -> int:
         for (model, precision), r in bounds.items():
             print(f"GEMM-only bound, {model} {precision}: its own GEMMs alone take {r['gemm_only_ms']:.1f} ms per "
                       f"batch ({r['gemm_only_img_per_s']:.1f} img/s); this forward runs at "
-                      f"{100 * r['share_of_gemm_only']:.0f}% of that rate")
+                      f"{100 * r['share_of_gemm_only']:.0f}% of that rate; with its dense convolutions (stem, "
+                  f"downsampling: {r['dense_convs_ms']:.1f} ms alone) at {100 * r['share_of_dense_only']:.0f}%")
     return 0
 
 

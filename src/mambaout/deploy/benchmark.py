@@ -276,11 +276,13 @@ def run(models: List[str], compare: List[str], s: Settings) -> List[Dict]:
                 if dtype not in gemm_peaks:
                     gemm_peaks[dtype] = gemm_peak_gflops(dtype)
                 peak_tflops = gemm_peaks[dtype] / 1000
-            bound_ms = None
+            bound_ms = convs_ms = None
             if device.type == "cpu" and s.mode == "infer" and dtype in ("fp32", "bf16"):
                 if (im.model_name, dtype) not in bounds:
-                    bounds[(im.model_name, dtype)] = gemm_only_ms(model_gemms(im.model, s.img_size, s.batch_size), dtype)
-                bound_ms = bounds[(im.model_name, dtype)]
+                    bounds[(im.model_name, dtype)] = (
+                        gemm_only_ms(model_gemms(im.model, s.img_size, s.batch_size), dtype),
+                        conv_only_ms(model_dense_convs(im.model, s.img_size, s.batch_size), dtype))
+                bound_ms, convs_ms = bounds[(im.model_name, dtype)]
             rec = dict(model=im.model_name, impl=im.name, ours=im.ours or im.model_name, **{k: v for k, v in asdict(s).items()
                                                               if k not in ("warmup", "peak_tflops", "threads", "backend")},
                        row_precision=im.precision, backend=im.backend or s.backend,
@@ -292,6 +294,8 @@ def run(models: List[str], compare: List[str], s: Settings) -> List[Dict]:
                        gemm_only_ms=round(bound_ms, 2) if bound_ms else None,
                        gemm_only_img_per_s=round(s.batch_size / bound_ms * 1000, 2) if bound_ms else None,
                        share_of_gemm_only=round(bound_ms / (1000 * step), 4) if bound_ms else None,
+                       dense_convs_ms=round(convs_ms, 2) if bound_ms else None,
+                       share_of_dense_only=round((bound_ms + convs_ms) / (1000 * step), 4) if bound_ms else None,
                        peak_gflops=round(1000 * peak_tflops, 1) if peak_tflops else None,
                        peak_source=("given" if s.peak_tflops else "datasheet" if device.type == "cuda"
                                     else "measured GEMM") if peak_tflops else None,
@@ -475,6 +479,50 @@ def gemm_only_ms(gemms: Dict[Tuple[int, int, int], int], dtype: str = "fp32", re
                     times.append(time.perf_counter() - t0)
                 best = min(best, statistics.median(times))
             total += count * best
+    return 1000 * total
+
+
+def model_dense_convs(model: nn.Module, img_size: int, batch_size: int) -> Dict[tuple, int]:
+    """{(batch, C_in, H, W, C_out, kernel, stride, padding): count} of the dense (groups = 1)
+    convolutions one forward runs: the stem and the downsampling layers, which are GEMMs in all but
+    name and carry FLOPs a GEMM-only bound leaves out. Depthwise convolutions are not counted."""
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append((mod, tuple(args[0].shape))))
+             for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
+    p = next(model.parameters())
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, img_size, img_size, dtype=p.dtype, device=p.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    convs: Dict[tuple, int] = {}
+    for mod, (_, c, h, w) in seen:
+        key = (batch_size, c, h, w, mod.out_channels, mod.kernel_size, mod.stride, mod.padding)
+        convs[key] = convs.get(key, 0) + 1
+    return convs
+
+
+def conv_only_ms(convs: Dict[tuple, int], dtype: str = "fp32", repeats: int = 5) -> float:
+    """The time (ms) these convolutions alone take here (channels-last, PyTorch's CPU kernels),
+    median of `repeats`, times each one's count, summed."""
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    total = 0.0
+    with torch.inference_mode():
+        for (b, c, h, w, out, kernel, stride, padding), count in convs.items():
+            x = torch.randn(b, c, h, w, dtype=dt).contiguous(memory_format=torch.channels_last)
+            weight = torch.randn(out, c, *kernel, dtype=dt).contiguous(memory_format=torch.channels_last)
+            bias = torch.randn(out, dtype=dt)
+
+            def conv():
+                nn.functional.conv2d(x, weight, bias, stride, padding)
+            conv()
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                conv()
+                times.append(time.perf_counter() - t0)
+            total += count * statistics.median(times)
     return 1000 * total
 
 
