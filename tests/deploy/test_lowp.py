@@ -181,9 +181,13 @@ def test_gemm_peak_takes_the_best_shape():
 
 
 def test_allocator_report(monkeypatch):
+    from mambaout.models import fast
     for k in ("LD_PRELOAD", "GLIBC_TUNABLES", *bench.MALLOC_ENV):
         monkeypatch.delenv(k, raising=False)
+    monkeypatch.setitem(fast._MALLOC_NUDGE, "applied", False)
     assert bench.allocator() == "glibc malloc, default thresholds" and "docs/performance.md" in bench.allocator_line()
+    monkeypatch.setitem(fast._MALLOC_NUDGE, "applied", True)
+    assert "thresholds raised by mambaout" in bench.allocator() and "page faults" not in bench.allocator_line()
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "33554432")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1073741824:glibc.rtld.nns=2")
     assert bench.allocator() == ("glibc malloc, MALLOC_MMAP_THRESHOLD_=33554432 "

@@ -158,3 +158,32 @@ def test_dense_convs_are_the_stem_and_downsampling():
              model.stem.conv1.stride, model.stem.conv1.padding)
     assert convs[first] == 1
     assert bench.conv_only_ms(convs, "fp32", repeats=1) > 0
+
+
+# ---- glibc's malloc thresholds ------------------------------------------------------------------------
+
+NUDGE_PROBE = """
+import sys, torch, mambaout
+from mambaout.models.fast import malloc_thresholds_raised
+model = mambaout.create_model("mambaout_femto").eval()
+x = torch.randn(2, 3, 64, 64)
+model(x).sum().backward()                      # training: no nudge
+before = malloc_thresholds_raised()
+with torch.no_grad():
+    model(x)                                   # the first CPU inference forward
+print(before, malloc_thresholds_raised())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's thresholds")
+@pytest.mark.parametrize("env, expected", [({}, "False True"), ({"MAMBAOUT_MALLOC_NUDGE": "0"}, "False False")])
+def test_first_cpu_inference_raises_malloc_thresholds_once(env, expected):
+    import os
+    import platform
+    import subprocess
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    out = subprocess.run([sys.executable, "-c", NUDGE_PROBE], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == expected.split()

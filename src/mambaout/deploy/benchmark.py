@@ -370,6 +370,9 @@ def allocator() -> str:
     tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t.startswith("glibc.malloc.")]
     if settings or tunables:
         return "glibc malloc, " + " ".join(settings + tunables)
+    from ..models.fast import malloc_thresholds_raised
+    if malloc_thresholds_raised():
+        return "glibc malloc, thresholds raised by mambaout's first CPU forward (one 32 MiB buffer freed)"
     return "glibc malloc, default thresholds"
 
 

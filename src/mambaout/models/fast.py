@@ -82,6 +82,36 @@ def _autocast(x: torch.Tensor) -> bool:
         return False
 
 
+# glibc's malloc serves a freed block again only while it stays below two moving thresholds: blocks
+# above the mmap threshold (128 KiB at start) are mmap'd and returned at free, and a heap top above the
+# trim threshold is returned to the system; the next allocation then page-faults every page in again.
+# glibc raises both thresholds itself whenever the program frees an mmap'd block (up to 32 MiB and
+# 64 MiB). One 32 MiB buffer freed before the first CPU inference forward takes them there at once, so
+# the forward's activation buffers (under 30 MiB: see MambaOut.cpu_slice_bytes) are reused instead of
+# faulted in: about 20 thousand page faults and 10-15 % of a bf16 forward of mambaout_tiny at batch 16
+# (docs/performance.md, "The allocator"). It is what any program that once frees 32 MiB gets, it keeps
+# at most 64 MiB of freed memory mapped, and MAMBAOUT_MALLOC_NUDGE=0 switches it off.
+_MALLOC_NUDGE = {"done": False, "applied": False}
+
+
+def raise_malloc_thresholds() -> bool:
+    """Once per process, on glibc: allocate and free one 32 MiB buffer (see above). True if applied
+    (now or before)."""
+    if not _MALLOC_NUDGE["done"]:
+        _MALLOC_NUDGE["done"] = True
+        import os
+        import platform
+        if os.environ.get("MAMBAOUT_MALLOC_NUDGE", "1") != "0" and platform.libc_ver()[0] == "glibc":
+            torch.empty(32 * 2**20 - 2**16, dtype=torch.uint8)    # mmap'd, never touched, freed at once
+            _MALLOC_NUDGE["applied"] = True
+    return _MALLOC_NUDGE["applied"]
+
+
+def malloc_thresholds_raised() -> bool:
+    """Whether raise_malloc_thresholds ran in this process (for the benchmark's allocator report)."""
+    return _MALLOC_NUDGE["applied"]
+
+
 _ONEDNN_ACT = {("GELU", "none"): ("gelu", "none"), ("GELU", "tanh"): ("gelu", "tanh"), ("SiLU", None): ("swish", "")}
 
 

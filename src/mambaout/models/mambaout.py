@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import (ACTIVATIONS, DefaultCfgAlias, Downsample, GatedCNNBlock, MlpHead, MlpHeadClassifier, Stem,
                      nhwc_to_nchw, stage_indices)
-from .fast import _compiling, fx_tracing
+from .fast import _compiling, fx_tracing, raise_malloc_thresholds
 from .hybrid import stage_block_kwargs
 
 
@@ -183,6 +183,8 @@ class MambaOut(DefaultCfgAlias, MlpHeadClassifier, nn.Module):
             for blk in stage.blocks:
                 hidden, ident, cc = getattr(blk, "split_indices", (0, 0, 0))
                 widest = max(widest, (hidden + ident) * pixels / 16)  # stage 1 at stride 4
+        if not _compiling():
+            raise_malloc_thresholds()                   # once per process: see fast.py
         per_slice = max(1, int(self.cpu_slice_bytes // (x.element_size() * widest)))
         if per_slice >= x.shape[0]:
             return 0
