@@ -16,7 +16,8 @@ from mambaout.models.mambaout_video import MambaOutVideo, VideoGatedCNNBlock
 from mambaout.models.paper_tables import PAPER_TABLES
 from mambaout.models.registry import VIDEO_ARCHS, is_video, list_video_models
 from mambaout.models.ssm import selective_scan_ref
-from mambaout.models.videomamba import VideoMamba, fvcore_macs, inflate_kernel
+from mambaout.models.videomamba import VideoMamba, fvcore_macs
+from mambaout.models.weights import inflate_kernel
 from mambaout.models.weights import fit_state_dict, load_checkpoint
 from helpers import FP32_NET_RTOL, assert_fp32_close, randomize, set_fast, timm_to_official
 

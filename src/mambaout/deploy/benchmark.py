@@ -164,8 +164,8 @@ def _step_fn(impl: Impl, s: Settings, device: torch.device, tmpdir: Path) -> Cal
         batch = x.cpu().numpy()
         if backend == "openvino":
             from ..models.openvino import openvino_runner
-            infer = openvino_runner(path, impl.precision, threads)
-            return lambda: infer(batch)
+            run_ov = openvino_runner(path, impl.precision, threads)
+            return lambda: run_ov(batch)
         from ..models.onnx import onnx_session
         sess = onnx_session(path, threads)
         feed = {"input": batch}
@@ -421,16 +421,11 @@ def gemm_peak_gflops(dtype: str = "fp32", repeats: int = 5, shapes=PEAK_SHAPES) 
     return best
 
 
-def model_gemms(model: nn.Module, img_size: int, batch_size: int) -> Dict[Tuple[int, int, int], int]:
-    """{(M, K, N): count} of the GEMMs one forward of `model` runs at `batch_size`, as our inference
-    plan runs them: each Gated CNN block's fc1 as its row blocks (gate, identity, conv) and fc2 as its
-    two column blocks (fast.py), plus every other nn.Linear (the head). Convolutions (stem, the
-    depthwise convs, downsampling) are not GEMMs here. Shapes come from one forward at batch 1."""
+def _input_shapes(model: nn.Module, img_size: int, modules: List[nn.Module]) -> List[Tuple[nn.Module, Tuple[int, ...]]]:
+    """(module, its input's shape) for each call of `modules` in one forward of one image."""
     seen: List[Tuple[nn.Module, Tuple[int, ...]]] = []
-    blocks = [m for m in model.modules() if hasattr(m, "split_indices")]
-    inside = {id(l) for b in blocks for l in b.modules() if isinstance(l, nn.Linear)}
     hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append((mod, tuple(args[0].shape))))
-             for m in model.modules() if m in blocks or (isinstance(m, nn.Linear) and id(m) not in inside)]
+             for m in modules]
     p = next(model.parameters())
     try:
         with torch.no_grad():
@@ -438,6 +433,29 @@ def model_gemms(model: nn.Module, img_size: int, batch_size: int) -> Dict[Tuple[
     finally:
         for h in hooks:
             h.remove()
+    return seen
+
+
+def _median_s(fn: Callable[[], object], repeats: int) -> float:
+    """fn's median wall time (s) over `repeats` calls, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def model_gemms(model: nn.Module, img_size: int, batch_size: int) -> Dict[Tuple[int, int, int], int]:
+    """{(M, K, N): count} of the GEMMs one forward of `model` runs at `batch_size`, as our inference
+    plan runs them: each Gated CNN block's fc1 as its row blocks (gate, identity, conv) and fc2 as its
+    two column blocks (fast.py), plus every other nn.Linear (the head). Convolutions (stem, the
+    depthwise convs, downsampling) are not GEMMs here. Shapes come from one forward at batch 1."""
+    blocks = [m for m in model.modules() if hasattr(m, "split_indices")]
+    inside = {id(l) for b in blocks for l in b.modules() if isinstance(l, nn.Linear)}
+    seen = _input_shapes(model, img_size, [m for m in model.modules()
+                                           if m in blocks or (isinstance(m, nn.Linear) and id(m) not in inside)])
     gemms: Dict[Tuple[int, int, int], int] = {}
 
     def add(m, k, n):
@@ -472,16 +490,7 @@ def gemm_only_ms(gemms: Dict[Tuple[int, int, int], int], dtype: str = "fp32", re
             if onednn:
                 packed = torch.ops.mkldnn._reorder_linear_weight(w)
                 candidates.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
-            best = float("inf")
-            for product in candidates:
-                product()
-                times = []
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    product()
-                    times.append(time.perf_counter() - t0)
-                best = min(best, statistics.median(times))
-            total += count * best
+            total += count * min(_median_s(product, repeats) for product in candidates)
     return 1000 * total
 
 
@@ -489,16 +498,7 @@ def model_dense_convs(model: nn.Module, img_size: int, batch_size: int) -> Dict[
     """{(batch, C_in, H, W, C_out, kernel, stride, padding): count} of the dense (groups = 1)
     convolutions one forward runs: the stem and the downsampling layers, which are GEMMs in all but
     name and carry FLOPs a GEMM-only bound leaves out. Depthwise convolutions are not counted."""
-    seen = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append((mod, tuple(args[0].shape))))
-             for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
-    p = next(model.parameters())
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, img_size, img_size, dtype=p.dtype, device=p.device))
-    finally:
-        for h in hooks:
-            h.remove()
+    seen = _input_shapes(model, img_size, [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1])
     convs: Dict[tuple, int] = {}
     for mod, (_, c, h, w) in seen:
         key = (batch_size, c, h, w, mod.out_channels, mod.kernel_size, mod.stride, mod.padding)
@@ -516,16 +516,7 @@ def conv_only_ms(convs: Dict[tuple, int], dtype: str = "fp32", repeats: int = 5)
             x = torch.randn(b, c, h, w, dtype=dt).contiguous(memory_format=torch.channels_last)
             weight = torch.randn(out, c, *kernel, dtype=dt).contiguous(memory_format=torch.channels_last)
             bias = torch.randn(out, dtype=dt)
-
-            def conv():
-                nn.functional.conv2d(x, weight, bias, stride, padding)
-            conv()
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                conv()
-                times.append(time.perf_counter() - t0)
-            total += count * statistics.median(times)
+            total += count * _median_s(lambda: nn.functional.conv2d(x, weight, bias, stride, padding), repeats)
     return 1000 * total
 
 

@@ -189,6 +189,25 @@ class MlpHeadClassifier:
         self.head.reset(num_classes, global_pool)
 
 
+class StagedModel:
+    """timm's training interface of MambaOut-shaped models (`stem`, then `stages` each with an
+    optional `downsample` and its `blocks`): gradient checkpointing per stage, and the layer-wise
+    lr decay groups (timm.optim's param_groups_layer_decay): the stem first, then per stage (coarse)
+    or per block, a stage's downsample with its first block; the head is what matches nothing
+    (timm puts it last). timm's regexes, our names."""
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^stem",
+                    blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.downsample", (0,)),
+                                                            (r"^stages\.(\d+)\.blocks\.(\d+)", None)])
+
+
 def stage_indices(n: int, indices) -> List[int]:
     """timm's forward_intermediates `indices` over n stages: None = all, an int k = the last k,
     or a list of stage indices (negative allowed); sorted, each in range."""

@@ -17,7 +17,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import (ACTIVATIONS, DefaultCfgAlias, Downsample, GatedCNNBlock, MlpHead, MlpHeadClassifier, Stem,
+from .blocks import (ACTIVATIONS, DefaultCfgAlias, Downsample, GatedCNNBlock, MlpHead, MlpHeadClassifier, StagedModel, Stem,
                      nhwc_to_nchw, stage_indices)
 from .fast import _compiling, fx_tracing, raise_malloc_thresholds
 from .hybrid import stage_block_kwargs
@@ -60,7 +60,7 @@ class MambaOutStage(nn.Module):
         return self.blocks(x)
 
 
-class MambaOut(DefaultCfgAlias, MlpHeadClassifier, nn.Module):
+class MambaOut(DefaultCfgAlias, StagedModel, MlpHeadClassifier, nn.Module):
     """MambaOut image classifier / backbone.
 
     Args:
@@ -125,20 +125,6 @@ class MambaOut(DefaultCfgAlias, MlpHeadClassifier, nn.Module):
                 nn.init.zeros_(m.bias)
 
     # ---- timm-style backbone interface -------------------------------------------------
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        """Parameter groups for layer-wise lr decay (timm.optim's param_groups_layer_decay):
-        the stem first, then per stage (coarse) or per block, a stage's downsample with its first
-        block; the head is what matches nothing (timm puts it last). timm's regexes, our names."""
-        return dict(stem=r"^stem",
-                    blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.downsample", (0,)),
-                                                            (r"^stages\.(\d+)\.blocks\.(\d+)", None)])
-
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         """Parameters trained without weight decay beyond timm's default (which already spares

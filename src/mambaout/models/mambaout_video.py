@@ -42,9 +42,9 @@ from timm.layers import DropPath, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import MambaOutError
-from .blocks import (ACTIVATIONS, DefaultCfgAlias, Downsample, GatedCNNBlock, MlpHead, MlpHeadClassifier, Stem,
+from .blocks import (ACTIVATIONS, DefaultCfgAlias, Downsample, GatedCNNBlock, MlpHead, MlpHeadClassifier, StagedModel, Stem,
                      nchw_to_nhwc, nhwc_to_nchw)
-from .videomamba import inflate_kernel
+from .weights import inflate_kernel
 
 
 class VideoGatedCNNBlock(GatedCNNBlock):
@@ -127,7 +127,7 @@ class VideoStage(nn.Module):
         return self.blocks(x)
 
 
-class MambaOutVideo(DefaultCfgAlias, MlpHeadClassifier, nn.Module):
+class MambaOutVideo(DefaultCfgAlias, StagedModel, MlpHeadClassifier, nn.Module):
     """MambaOut video classifier: (B, C, T, H, W) clips -> (B, num_classes) logits.
 
     The 2D MambaOut's arguments (depths, dims, expansion_ratio, kernel_size, conv_ratio,
@@ -182,18 +182,6 @@ class MambaOutVideo(DefaultCfgAlias, MlpHeadClassifier, nn.Module):
                 nn.init.zeros_(m.bias)
 
     # ---- timm's interface ------------------------------------------------------------------
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        """The 2D MambaOut's layer-wise lr decay groups (same names)."""
-        return dict(stem=r"^stem",
-                    blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.downsample", (0,)),
-                                                            (r"^stages\.(\d+)\.blocks\.(\d+)", None)])
-
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         """None beyond timm's default (every 1-d parameter), as the 2D MambaOut."""

@@ -62,7 +62,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import MambaOutError
 from .blocks import DefaultCfgAlias
-from .vim import Block, RMSNorm
+from .vim import Block, RMSNorm, TokenClassifier
+from .weights import inflate_kernel
 
 GLOBAL_POOLS = ("token", "avg", "")
 
@@ -87,15 +88,6 @@ def resample_temporal_embed(embed: torch.Tensor, length: int) -> torch.Tensor:
     return out.permute(0, 2, 1).to(embed.dtype)
 
 
-def inflate_kernel(weight: torch.Tensor, time: int) -> torch.Tensor:
-    """A 2D kernel (out, in, kh, kw) as a 3D one (out, in, time, kh, kw): zeros except the centre
-    slice (index time // 2), which holds the 2D kernel (VideoMamba's inflate_weight(center=True));
-    on a clip of identical frames the 3D conv then gives what the 2D conv gives on one frame."""
-    out = weight.new_zeros(weight.shape[0], weight.shape[1], time, *weight.shape[2:])
-    out[:, :, time // 2] = weight
-    return out
-
-
 def fvcore_macs(img_size=224, num_frames: int = 8, depth: int = 24, dim: int = 192, patch_size: int = 16,
                 tubelet_size: int = 1, expand: float = 2.0, num_classes: int = 174, in_chans: int = 3) -> int:
     """VideoMamba's MACs of one clip as its repository counts them: fvcore's FlopCountAnalysis
@@ -112,7 +104,7 @@ def fvcore_macs(img_size=224, num_frames: int = 8, depth: int = 24, dim: int = 1
             + dim * num_classes)
 
 
-class VideoMamba(DefaultCfgAlias, nn.Module):
+class VideoMamba(TokenClassifier, DefaultCfgAlias, nn.Module):
     """VideoMamba video classifier: (B, C, T, H, W) clips -> (B, num_classes) logits.
 
     img_size, num_frames: the input the position embeddings are built for (int or (H, W); T).
@@ -190,10 +182,6 @@ class VideoMamba(DefaultCfgAlias, nn.Module):
 
     # ---- timm's interface ------------------------------------------------------------------
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         """Layer-wise lr decay groups (timm.optim): the embeddings first, one group per block,
         the final norm with the last block, the head last (unmatched)."""
@@ -204,24 +192,6 @@ class VideoMamba(DefaultCfgAlias, nn.Module):
     def no_weight_decay(self):
         # VideoMamba's list; timm's optimiser factory also exempts every 1-D parameter.
         return {"pos_embed", "cls_token", "temporal_pos_embedding"}
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool is not None:
-            if global_pool not in GLOBAL_POOLS:
-                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        device, dtype = self.pos_embed.device, self.pos_embed.dtype
-        self.head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype) \
-            if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            with torch.no_grad():
-                trunc_normal_(self.head.weight, std=0.02)
-                nn.init.zeros_(self.head.bias)
 
     def adapt_state_dict(self, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """A checkpoint's state dict made to fit this model (module docstring): a 2D patch

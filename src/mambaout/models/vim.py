@@ -233,7 +233,37 @@ def paper_flops(img_size=224, depth: int = 24, dim: int = 384, patch_size: int =
     return patches * dim * in_chans * patch_size ** 2 + depth * block + dim * num_classes
 
 
-class Vim(DefaultCfgAlias, nn.Module):
+class TokenClassifier:
+    """timm's classifier interface of the Mamba token models (Vim, VideoMamba): a linear head on
+    `num_features`, `global_pool` one of GLOBAL_POOLS, gradient checkpointing over `layers`."""
+
+    @torch.no_grad()
+    def _init_head(self):
+        if isinstance(self.head, nn.Linear):
+            trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        device, dtype = self.pos_embed.device, self.pos_embed.dtype
+        self.head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype) \
+            if num_classes > 0 else nn.Identity()
+        self._init_head()
+
+
+class Vim(TokenClassifier, DefaultCfgAlias, nn.Module):
     """Vision Mamba with timm's classifier and feature interface.
 
     img_size: the input size the position embedding is built for (int or (H, W)); depth, dim,
@@ -294,12 +324,6 @@ class Vim(DefaultCfgAlias, nn.Module):
             nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
             layer.mixer.out_proj.weight.div_(math.sqrt(len(self.layers)))
 
-    @torch.no_grad()
-    def _init_head(self):
-        if isinstance(self.head, nn.Linear):
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-
     # How the paper counts this family's MACs, where it is not our counter's (analysis.complexity).
     paper_macs_convention = "LocalMamba's hand count (local_vim.py VisionMamba.flops())"
 
@@ -312,10 +336,6 @@ class Vim(DefaultCfgAlias, nn.Module):
 
     # ---- timm's interface ------------------------------------------------------------------
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         """Layer-wise lr decay groups (timm.optim), as timm's ViT: the embeddings first, one
         group per block, the final norm with the last block, the head last (unmatched)."""
@@ -326,21 +346,6 @@ class Vim(DefaultCfgAlias, nn.Module):
     def no_weight_decay(self):
         # Vim's list; timm's optimiser factory also exempts every 1-D parameter (D, D_b, norms, biases).
         return {"pos_embed", "cls_token"}
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool is not None:
-            if global_pool not in GLOBAL_POOLS:
-                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        device, dtype = self.pos_embed.device, self.pos_embed.dtype
-        self.head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype) \
-            if num_classes > 0 else nn.Identity()
-        self._init_head()
 
     def adapt_state_dict(self, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """A checkpoint's state dict made to fit this model's input grid: its pos_embed (square

@@ -286,3 +286,12 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def inflate_kernel(weight: torch.Tensor, time: int) -> torch.Tensor:
+    """A 2D kernel (out, in, kh, kw) as a 3D one (out, in, time, kh, kw): zeros except the centre
+    slice (index time // 2), which holds the 2D kernel (VideoMamba's inflate_weight(center=True));
+    on a clip of identical frames the 3D conv then gives what the 2D conv gives on one frame."""
+    out = weight.new_zeros(weight.shape[0], weight.shape[1], time, *weight.shape[2:])
+    out[:, :, time // 2] = weight
+    return out

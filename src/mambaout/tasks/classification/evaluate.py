@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from ...data import collate_skip_bad, eval_dataset
 from ...data.loader import checked_batches, eval_loader
-from ...distributed import Dist, all_reduce_sum, setup
+from ...distributed import Dist, setup
+from ...engine.metrics import TopKAccuracy
 from ...errors import MambaOutError
 from ...models.onnx import OnnxModel
 from ...utils import amp_dtype as to_amp_dtype
@@ -24,10 +25,10 @@ def evaluate(model, loader, d: Dist, amp_dtype: Optional[torch.dtype] = None,
     model.eval()
     params = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
     dtype = params.dtype if params is not None and params.dtype in (torch.bfloat16, torch.float16) else None
-    sums = torch.zeros(5, dtype=torch.float64)  # loss, top1, top5, count, skipped
+    acc = TopKAccuracy()
     with checked_batches(loader) as batches:
         for images, targets, skipped in batches:
-            sums[4] += skipped
+            acc.skip(skipped)
             if images is None:
                 continue
             images, targets = images.to(d.device, dtype=dtype), targets.to(d.device)
@@ -36,19 +37,8 @@ def evaluate(model, loader, d: Dist, amp_dtype: Optional[torch.dtype] = None,
             with torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(images)
             logits = logits.float()
-            sums[0] += F.cross_entropy(logits, targets, reduction="sum").item()
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
-            hit = top == targets[:, None]
-            sums[1] += hit[:, 0].sum().item()
-            sums[2] += hit.any(dim=1).sum().item()
-            sums[3] += len(targets)
-    sums = all_reduce_sum(sums.to(d.device), d).cpu()
-    n = int(sums[3])
-    if n == 0:
-        raise MambaOutError("no readable images to evaluate")
-    return {"top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n,
-            "loss": sums[0].item() / n, "images": n, "skipped": int(sums[4])}
+            acc.add(logits, targets, F.cross_entropy(logits, targets, reduction="sum").item())
+    return acc.result(d, "images")
 
 
 def validate(checkpoint=None, model_name: Optional[str] = None, pretrained: bool = False,

@@ -11,6 +11,7 @@ import torch.nn as nn
 from ...data import build_datasets, collate_skip_bad, recipe_transforms
 from ...errors import CheckpointError, MambaOutError
 from ...data.loader import eval_loader
+from ...engine.losses import batch_loss, mixup_and_criterion
 from .evaluate import evaluate
 from ...models import create_model, get_variant
 from ...models.hub import is_hub_name, read_config
@@ -113,15 +114,8 @@ class ClassificationTask:
         model = create_model(name, num_classes=self.num_classes, img_size=r.img_size,
                              drop_path_rate=r.drop_path_rate(), drop_rate=r.drop, pretrained=pretrained,
                              checkpoint_path=initial_checkpoint)
-        self.mixup = None
-        if r.mixup > 0 or r.cutmix > 0:
-            from timm.data import Mixup
-            self.mixup = Mixup(mixup_alpha=r.mixup, cutmix_alpha=r.cutmix, prob=r.mixup_prob,
-                               switch_prob=r.mixup_switch_prob, label_smoothing=r.smoothing,
-                               num_classes=self.num_classes)
-        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-        self.criterion = (SoftTargetCrossEntropy() if self.mixup else
-                          LabelSmoothingCrossEntropy(r.smoothing) if r.smoothing > 0 else nn.CrossEntropyLoss())
+        self.mixup, self.criterion = mixup_and_criterion(self.num_classes, r.mixup, r.cutmix, r.smoothing,
+                                                         r.mixup_prob, r.mixup_switch_prob)
         return model
 
     def train_inputs(self, batch, device):
@@ -140,8 +134,7 @@ class ClassificationTask:
         return self.loss(model(inputs), targets)
 
     def loss(self, logits, targets):
-        # an empty micro-batch still runs backward (every DDP process must), with a zero loss
-        return self.criterion(logits.float(), targets) if len(logits) else logits.sum() * 0
+        return batch_loss(self.criterion, logits, targets)
 
     # ---- evaluation -----------------------------------------------------------------------------
     def evaluate(self, model, d, amp_dtype, channels_last, workers, batch_size):

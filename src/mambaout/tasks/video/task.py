@@ -4,7 +4,6 @@ and label smoothing over clips, top-1/top-5 over one view or the 2 clips x 3 cro
 plus the library functions behind `mambaout video eval` and `mambaout video predict`."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -16,9 +15,11 @@ from ...data.loader import checked_batches, eval_loader
 from ...data.moving_digits import MovingDigits
 from ...data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ...data.video import VideoClips, VideoReadError, read_clips, video_eval_transform
-from ...distributed import Dist, all_reduce_sum, cleanup, setup
+from ...distributed import Dist, cleanup, setup
 from ...engine import RunOptions, TrainResult, fit
 from ...engine.checkpoint import load_task_checkpoint
+from ...engine.losses import batch_loss, mixup_and_criterion
+from ...engine.metrics import TopKAccuracy
 from ...errors import CheckpointError, MambaOutError
 from ...models import create_model, get_variant
 from ...models.registry import is_video
@@ -79,14 +80,7 @@ class VideoTask:
         r = self.recipe
         model = build_video_model(r, self.num_classes, r.model, pretrained=pretrained,
                                   checkpoint_path=initial_checkpoint, drop_path_rate=r.drop_path)
-        self.mixup = None
-        if r.mixup > 0 or r.cutmix > 0:
-            from timm.data import Mixup
-            self.mixup = Mixup(mixup_alpha=r.mixup, cutmix_alpha=r.cutmix, label_smoothing=r.smoothing,
-                               num_classes=self.num_classes)
-        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-        self.criterion = (SoftTargetCrossEntropy() if self.mixup else
-                          LabelSmoothingCrossEntropy(r.smoothing) if r.smoothing > 0 else nn.CrossEntropyLoss())
+        self.mixup, self.criterion = mixup_and_criterion(self.num_classes, r.mixup, r.cutmix, r.smoothing)
         return model
 
     def train_inputs(self, batch, device):
@@ -107,8 +101,7 @@ class VideoTask:
         return clips, targets
 
     def forward_loss(self, model, inputs, targets):
-        logits = model(inputs)
-        return self.criterion(logits.float(), targets) if len(logits) else logits.sum() * 0
+        return batch_loss(self.criterion, model(inputs), targets)
 
     # ---- evaluation -----------------------------------------------------------------------------
     def evaluate(self, model, d, amp_dtype, channels_last, workers, batch_size):
@@ -162,26 +155,16 @@ def view_logits(model, clips: torch.Tensor, amp_dtype=None) -> torch.Tensor:
 def evaluate_views(model, loader, d: Dist, amp_dtype=None) -> dict:
     """top-1 / top-5 / loss (the NLL of the view-averaged probabilities) over every video once."""
     model.eval()
-    sums = torch.zeros(5, dtype=torch.float64)   # loss, top1, top5, count, skipped
+    acc = TopKAccuracy()
     with checked_batches(loader) as batches:
         for clips, targets, skipped in batches:
-            sums[4] += skipped
+            acc.skip(skipped)
             if clips is None:
                 continue
             clips, targets = clips.to(d.device), targets.to(d.device)
             probs = view_logits(model, clips, amp_dtype)
-            sums[0] += F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="sum").item()
-            top = probs.topk(min(5, probs.shape[1]), dim=1).indices
-            hit = top == targets[:, None]
-            sums[1] += hit[:, 0].sum().item()
-            sums[2] += hit.any(dim=1).sum().item()
-            sums[3] += len(targets)
-    sums = all_reduce_sum(sums.to(d.device), d).cpu()
-    n = int(sums[3])
-    if n == 0:
-        raise MambaOutError("no readable videos to evaluate")
-    return {"top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n, "loss": sums[0].item() / n,
-            "videos": n, "skipped": int(sums[4])}
+            acc.add(probs, targets, F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="sum").item())
+    return acc.result(d, "videos")
 
 
 def load_video_checkpoint(path):
