@@ -11,6 +11,7 @@ the same interleaved loop, for the speed-up over fp32.
 """
 from __future__ import annotations
 
+import math
 import os
 import resource
 import statistics
@@ -452,17 +453,17 @@ def model_gemms(model: nn.Module, img_size: int, batch_size: int) -> Dict[Tuple[
     plan runs them: each Gated CNN block's fc1 as its row blocks (gate, identity, conv) and fc2 as its
     two column blocks (fast.py), plus every other nn.Linear (the head). Convolutions (stem, the
     depthwise convs, downsampling) are not GEMMs here. Shapes come from one forward at batch 1."""
-    blocks = [m for m in model.modules() if hasattr(m, "split_indices")]
-    inside = {id(l) for b in blocks for l in b.modules() if isinstance(l, nn.Linear)}
+    blocks = {id(m) for m in model.modules() if hasattr(m, "split_indices")}
+    inside = {id(lin) for m in model.modules() if id(m) in blocks for lin in m.modules() if isinstance(lin, nn.Linear)}
     seen = _input_shapes(model, img_size, [m for m in model.modules()
-                                           if m in blocks or (isinstance(m, nn.Linear) and id(m) not in inside)])
+                                           if id(m) in blocks or (isinstance(m, nn.Linear) and id(m) not in inside)])
     gemms: Dict[Tuple[int, int, int], int] = {}
 
     def add(m, k, n):
         if m and k and n:
             gemms[(m, k, n)] = gemms.get((m, k, n), 0) + 1
     for mod, shape in seen:
-        rows = batch_size * (int(torch.tensor(shape[:-1]).prod()) if len(shape) > 1 else 1)
+        rows = batch_size * math.prod(shape[1:-1])     # the probe ran one image
         if isinstance(mod, nn.Linear):
             add(rows, mod.in_features, mod.out_features)
             continue
