@@ -89,6 +89,34 @@ def test_openvino_runs_our_export_like_pytorch(tmp_path):
     np.testing.assert_allclose(out, ref, atol=1e-3, rtol=1e-3)
 
 
+SIGNAL_STACK_PROBE = """
+import gc, signal, subprocess, sys
+signal.signal(signal.SIGCHLD, lambda *a: None)      # as a DataLoader with workers leaves it
+from mambaout.models.openvino import openvino_compile
+first, second = openvino_compile(sys.argv[1]), openvino_compile(sys.argv[1])
+del first; gc.collect()                              # freed in the order they were made
+del second; gc.collect()
+junk = [bytearray(2**20) for _ in range(64)]         # reuse what OpenVINO freed
+print([subprocess.run(["true"]).returncode for _ in range(3)])   # each child's exit raises SIGCHLD
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack")
+def test_openvino_models_freed_in_any_order_keep_signals_safe(tmp_path):
+    """OpenVINO 2026.4 leaves a freed alternate signal stack installed when two compiled models are
+    freed in creation order; the next handled signal then segfaulted the process (the full test suite
+    crashed here). openvino_compile keeps the process's own stack."""
+    pytest.importorskip("openvino")
+    import subprocess
+    from mambaout.deploy.export import export_onnx
+    path = tmp_path / "femto.onnx"
+    export_onnx(mambaout.create_model("mambaout_femto").eval(), path, 64)
+    out = subprocess.run([sys.executable, "-X", "faulthandler", "-c", SIGNAL_STACK_PROBE, str(path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == "[0, 0, 0]"
+
+
 @pytest.mark.parametrize("precision, rows", [
     ("fp32", {"mambaout": "fp32", "timm": "fp32", "timm:convnext_tiny": "fp32"}),
     ("int8", {"mambaout": "int8", "mambaout:fp32": "fp32", "timm": "fp32", "timm:convnext_tiny": "fp32"}),

@@ -9,6 +9,9 @@ and everything else at its default precision. Optional extra: `pip install 'mamb
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -37,9 +40,41 @@ def openvino_compile(path, precision: str = "fp32", threads: Optional[int] = Non
     if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         raise MambaOutError("OpenVINO reports no bf16 support on this CPU (needs AVX512_BF16 or AMX)")
     try:
-        return core.compile_model(core.read_model(str(path)), "CPU", config)
+        with signal_stack_kept():
+            return core.compile_model(core.read_model(str(path)), "CPU", config)
     except Exception as e:  # noqa: BLE001 - corrupt or foreign files
         raise MambaOutError(f"OpenVINO cannot compile {path}: {first_line(e, 200)}") from None
+
+
+class _StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def signal_stack_kept():
+    """Put the thread's alternate signal stack back as it was once the block ends (Linux).
+
+    OpenVINO's CPU plugin (2026.4) installs an alternate signal stack of its own on the calling
+    thread when it compiles a model, and each CompiledModel puts back the one it found when it is
+    destroyed. Two compiled models freed in the order they were made leave the first one's freed
+    stack installed; Python runs every signal handler with SA_ONSTACK, so the next handled signal
+    (SIGCHLD once a DataLoader with workers has run, SIGINT, ...) crashes the process with a
+    segfault. Restoring the stack right after compiling keeps ours (faulthandler's, or none)
+    installed whatever order the models are freed in."""
+    libc = None
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            old = _StackT()
+            if libc.sigaltstack(None, ctypes.byref(old)) != 0:
+                libc = None
+        except (OSError, AttributeError):
+            libc = None
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.sigaltstack(ctypes.byref(old), None)
 
 
 def openvino_runner(path, precision: str = "fp32", threads: Optional[int] = None) -> Callable[[np.ndarray], np.ndarray]:
