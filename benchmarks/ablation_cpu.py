@@ -7,9 +7,12 @@ Variants, all with the same weights (medians of interleaved repeats, first repea
   fast, plain      fast block, MKL GEMMs + in-place elementwise, no batch slicing
   fast, oneDNN     fast block with oneDNN-fused epilogues, no batch slicing
   fast, oneDNN + slicing   the default
+  ... with F.layer_norm    the default, but the blocks' LayerNorm through PyTorch's LayerNorm kernel
+                           instead of its GroupNorm kernel (fast._normalize_rows, fp32)
   timm             timm's implementation
 """
 import argparse
+import copy
 import statistics
 import time
 
@@ -39,20 +42,30 @@ def main():
     ref = timm.create_model(a.model).eval()
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(a.batch_size, 3, a.img_size, a.img_size)
-    onednn = fast._use_onednn
+    onednn, rows = fast._use_onednn, fast._normalize_rows
 
-    def setup(block_fast, use_onednn, slicing):
+    def layer_norm_rows(x2, eps):
+        return torch.nn.functional.layer_norm(x2, (x2.shape[1],), None, None, eps)
+
+    # The oneDNN plan packs its cached weights in place, so the plain plan runs on its own copy.
+    plain = copy.deepcopy(ours)
+
+    def setup(block_fast, use_onednn, slicing, row_norm=rows):
+        model = ours if use_onednn else plain
+
         def f():
-            for m in ours.modules():
+            fast._normalize_rows = row_norm
+            for m in model.modules():
                 if hasattr(m, "fast"):
                     m.fast = block_fast
             fast._use_onednn = onednn if use_onednn else (lambda blk, x: False)
-            ours.cpu_slice_bytes = type(ours).cpu_slice_bytes if slicing else None
-            ours(x)
+            model.cpu_slice_bytes = type(model).cpu_slice_bytes if slicing else None
+            model(x)
         return f
 
     variants = {"reference": setup(False, False, False), "fast, plain": setup(True, False, False),
                 "fast, oneDNN": setup(True, True, False), "fast, oneDNN + slicing": setup(True, True, True),
+                "... with F.layer_norm": setup(True, True, True, layer_norm_rows),
                 "timm": lambda: ref(x)}
     times = {k: [] for k in variants}
     with torch.inference_mode():

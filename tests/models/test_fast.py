@@ -161,3 +161,16 @@ def test_autocast_inference_uses_autocast_safe_path():
     with torch.no_grad():
         ref = model(x)
     assert y.shape == (2, 1000) and (y.float() - ref).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_row_normalization_equals_layer_norm(dtype, offset):
+    """The inference plan's LayerNorm (GroupNorm's kernel in fp32, one group per row) equals
+    F.layer_norm, also on rows whose mean dwarfs their spread."""
+    from mambaout.models.fast import _normalize_rows
+    x = (torch.randn(4001, 96) * 0.5 + offset).to(dtype)
+    got = _normalize_rows(x, 1e-6)
+    ref = torch.nn.functional.layer_norm(x, (96,), None, None, 1e-6)
+    assert got.dtype == dtype and got.shape == x.shape
+    assert (got.float() - ref.float()).abs().max().item() <= (1e-5 if dtype == torch.float32 else 0.0)

@@ -406,6 +406,17 @@ def _packed(p):
     return p
 
 
+def _normalize_rows(x2, eps):
+    """LayerNorm without affine over the rows of a 2-D CPU tensor. In fp32, PyTorch's GroupNorm kernel
+    with one group per row computes the same thing about twice as fast as its LayerNorm kernel at these
+    widths (96-576 channels: 0.57 vs 1.12 ms for 25,088 x 96 on the AMX Xeon; logits within 3e-6 of the
+    LayerNorm path); in bf16 it is no faster, so bf16 keeps LayerNorm."""
+    if x2.dtype != torch.float32:
+        return F.layer_norm(x2, (x2.shape[1],), None, None, eps)
+    n, c = x2.shape
+    return F.group_norm(x2.reshape(1, n * c, 1), n, None, None, eps).view(n, c)
+
+
 def _inference_onednn(blk, x):
     ops = torch.ops.mkldnn
     B, H, W, C = x.shape
@@ -414,7 +425,7 @@ def _inference_onednn(blk, x):
     attr, algo = _onednn_act(blk.act)
     p = _packed(_plan(blk, x.dtype))
     x2 = x.reshape(N, C)
-    xn = F.layer_norm(x2, (C,), None, None, blk.norm.eps)          # affine folded into fc1
+    xn = _normalize_rows(x2, blk.norm.eps)                          # affine folded into fc1
     c = ops._linear_pointwise(xn, p["wc"], p["bc"], "none", [], "")
     a2 = ops._linear_pointwise(xn, p["wg2"], p["bg2"], attr, [], algo)  # act(gate) for the conv branch
     k = blk.conv.kernel_size[0]
